@@ -1,0 +1,20 @@
+//! Kernel stage: the eBPF programs, built for `bpfel-unknown-none` and embedded
+//! into the `ingressd` binary. Entry points stay thin; logic lives in modules
+//! by concern.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod port_counter;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic, so this is
+    // never executed; it exists because `no_std` binaries need a handler.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", ingress_userspace::kernel::object().len());
+}
