@@ -1,0 +1,230 @@
+//! Backends for tests and the demo: an HTTP `counter` (echoes what it received) and a
+//! TCP `tcp-echo`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest delay `/slow?ms=N` honours.
+const MAX_DELAY_MS: u64 = 60_000;
+
+#[derive(Parser)]
+#[command(about = "Test backends for ingressd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 server answering every request with 200 and a JSON description of it:
+    /// `{"app":"counter","instance":NAME,"count":N,"method":..,"path":..,"host":..,"headers":{..}}`.
+    /// `/slow?ms=N` waits N ms before answering; `?status=NNN` sets the status code.
+    Counter {
+        /// Address to listen on, e.g. 198.18.1.10:8080.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Instance name reported in every answer.
+        #[arg(long)]
+        name: String,
+    },
+    /// TCP server that echoes every byte; when the client half-closes, it writes
+    /// `bye from NAME after N bytes\n`, then closes its side.
+    TcpEcho {
+        /// Address to listen on, e.g. 198.18.1.20:3306.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Instance name used in the closing line.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async {
+        match cli.command {
+            Cmd::Counter { listen, name } => counter(listen, name).await,
+            Cmd::TcpEcho { listen, name } => tcp_echo(listen, name).await,
+        }
+    })
+}
+
+struct Counter {
+    name: String,
+    served: AtomicU64,
+}
+
+async fn counter(listen: SocketAddr, name: String) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("counter {name} listening on {listen}");
+    let state = Arc::new(Counter {
+        name,
+        served: AtomicU64::new(0),
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(Arc::clone(&state), peer, req));
+            if let Err(e) = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                eprintln!("connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(
+    state: Arc<Counter>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body_bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let count = state.served.fetch_add(1, Ordering::Relaxed) + 1;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let query = parts.uri.query().unwrap_or("");
+    let param = |key: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    println!(
+        "counter {}: #{count} {} {path} from {peer}",
+        state.name, parts.method
+    );
+    if parts.uri.path().starts_with("/slow") {
+        let ms = param("ms").unwrap_or(1000).min(MAX_DELAY_MS);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = param("status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        // hyper already lower-cases names; repeated headers are joined like a proxy would.
+        match headers.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&value);
+            }
+            _ => {
+                headers.insert(name.as_str().to_owned(), value.into());
+            }
+        }
+    }
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "app": "counter",
+        "instance": state.name,
+        "count": count,
+        "method": parts.method.as_str(),
+        "path": path,
+        "host": host,
+        "peer": peer.to_string(),
+        "body_bytes": body_bytes,
+        "headers": headers,
+    });
+    let mut text = json.to_string();
+    text.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+async fn tcp_echo(listen: SocketAddr, name: String) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("tcp-echo {name} listening on {listen}");
+    let name = Arc::new(name);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let name = Arc::clone(&name);
+        tokio::spawn(async move {
+            match echo(stream, &name).await {
+                Ok(n) => println!("tcp-echo {name}: {peer} closed after {n} bytes"),
+                Err(e) => eprintln!("tcp-echo {name}: {peer}: {e}"),
+            }
+        });
+    }
+}
+
+async fn echo(mut stream: TcpStream, name: &str) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        stream.write_all(&buf[..n]).await?;
+        total += n as u64;
+    }
+    // The client half-closed: answer on the still-open direction, then close ours.
+    stream
+        .write_all(format!("bye from {name} after {total} bytes\n").as_bytes())
+        .await?;
+    stream.shutdown().await?;
+    Ok(total)
+}
