@@ -228,3 +228,14 @@ async fn echo(mut stream: TcpStream, name: &str) -> std::io::Result<u64> {
     stream.shutdown().await?;
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

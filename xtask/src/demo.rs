@@ -1,0 +1,308 @@
+//! `cargo xtask demo [--once]`: the seed article's gateway in network namespaces.
+//!
+//! ```text
+//!  ingressd-demo-client         ingressd-demo-node              ingressd-demo-pods
+//!  198.18.0.2  ---- veth ----  198.18.0.1 | 198.18.1.1 ---- veth ----  198.18.1.10:8080 counter-v1-a
+//!   curl                        ingressd run                          198.18.1.11:8080 counter-v1-b
+//!                                                                     198.18.1.20:3306 mysql (tcp echo)
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ingressd_tests::config::{COUNTER_HOST, ConfigDir, SeedConfig, self_signed_cert};
+use ingressd_tests::tcp::send_and_half_close;
+use ingressd_tests::{Ns, Proc, Topology, explain, sock};
+
+use crate::setup;
+use crate::util::{cargo, is_root, run, target_dir};
+
+const PREFIX: &str = "ingressd-demo";
+const COUNTER_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const COUNTER_B: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+const MYSQL: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 20);
+const UNKNOWN_HOST: &str = "unknown.example.com";
+
+/// Runs the demo; with `once`, exits after the requests instead of serving until Ctrl-C.
+pub fn run_demo(once: bool) -> Result<()> {
+    setup::run(setup::Mode::Install)?;
+    if !is_root() {
+        bail!("cargo xtask demo creates network namespaces and needs root");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "ingress-userspace",
+        "--package",
+        "ingressd-tests",
+        "--bins",
+    ]))?;
+    let release = target_dir().join("release");
+    let ingressd = release.join("ingressd");
+    let testapp = release.join("ingressd-testapp");
+    let demo_dir = target_dir().join("demo");
+    if stop.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+
+    println!("\n== topology: {PREFIX}-client / {PREFIX}-node / {PREFIX}-pods");
+    let topo = Topology::builder()
+        .prefix(PREFIX)
+        .replace_existing(true)
+        .pod_addrs([COUNTER_A, COUNTER_B, MYSQL])
+        .log_dir(demo_dir.join("logs"))
+        .build()?;
+    let mut backends = Vec::new();
+    for (addr, name) in [(COUNTER_A, "counter-v1-a"), (COUNTER_B, "counter-v1-b")] {
+        backends.push(topo.start_backend_with(&testapp, "counter", sock(addr, 8080), name)?);
+        println!("   backend {name} on {addr}:8080 (pods ns)");
+    }
+    // No MariaDB yet: a TCP echo server stands in for it behind the mysql route.
+    backends.push(topo.start_backend_with(
+        &testapp,
+        "tcp-echo",
+        sock(MYSQL, 3306),
+        "mysql-echo",
+    )?);
+    println!(
+        "   backend mysql-echo on {MYSQL}:3306 (pods ns; a TCP echo server standing in for MariaDB)"
+    );
+
+    let config = ConfigDir::at(demo_dir.join("config"))?;
+    let cert = self_signed_cert(&demo_dir.join("certs"))?;
+    let seed = SeedConfig {
+        counter_backends: vec![COUNTER_A, COUNTER_B],
+        counter_port: 8080,
+        mysql_backends: vec![MYSQL],
+        tls_files: Some(cert),
+    };
+    config.write_all(&seed.files())?;
+    let config_path = config.path().to_owned();
+    println!("\n== config: {}", rel(&config_path).display());
+    for (name, _) in seed.files() {
+        println!("   {name}");
+    }
+    let check = ingressd_tests::daemon::ingressd_cli_with(
+        &ingressd,
+        &["check", "--config", &config_path.to_string_lossy()],
+    )?;
+    println!("\n== ingressd check ({})", check.status);
+    print_indented(&String::from_utf8_lossy(&check.stdout));
+    print_indented(&String::from_utf8_lossy(&check.stderr));
+
+    println!(
+        "\n== ingressd run --config {} (node ns)",
+        rel(&config_path).display()
+    );
+    let daemon = topo.start_ingressd_with(&ingressd, &config_path, &[])?;
+    println!(
+        "   ready; logs: {} (access log: {})",
+        rel(daemon.stderr_path()).display(),
+        rel(daemon.stdout_path()).display()
+    );
+
+    let reached = send_requests(&topo, &ingressd, &config_path)?;
+    print_next_steps(&ingressd, &config_path, &daemon);
+
+    let outcome = if once {
+        Ok(())
+    } else {
+        println!("\nServing until Ctrl-C ...");
+        wait_for_stop(&stop, &daemon)
+    };
+
+    println!("\n== stopping");
+    match daemon.stop(Duration::from_secs(10)) {
+        Some(status) => println!("   ingressd exited: {status}"),
+        None => println!("   ingressd: could not collect its exit status"),
+    }
+    drop(backends);
+    drop(topo);
+    println!("   namespaces removed");
+    outcome?;
+    if !reached {
+        bail!(
+            "the seed request (Host: {COUNTER_HOST} on 198.18.0.1:30080) did not reach a counter backend"
+        );
+    }
+    Ok(())
+}
+
+/// Sends the demo requests; returns whether a seed request reached a counter backend.
+fn send_requests(topo: &Topology, ingressd: &Path, config: &Path) -> Result<bool> {
+    println!("\n== requests from the client namespace");
+    let mut reached = false;
+    let requests = [
+        (30080, COUNTER_HOST),
+        (30080, COUNTER_HOST),
+        (30080, COUNTER_HOST),
+        (8080, COUNTER_HOST),
+        (30080, UNKNOWN_HOST),
+    ];
+    for (port, host) in requests {
+        let url = format!("http://198.18.0.1:{port}/");
+        println!("\n$ ip netns exec {PREFIX}-client curl -H 'Host: {host}' {url}");
+        let result = topo.get(&url, host)?;
+        let Some(response) = result
+            .response
+            .clone()
+            .filter(|_| result.exit_code == Some(0))
+        else {
+            println!(
+                "   failed: curl exit {:?}: {}",
+                result.exit_code,
+                result.stderr.trim()
+            );
+            continue;
+        };
+        let backend = response
+            .json()
+            .ok()
+            .filter(|j| j["app"] == "counter")
+            .map(|j| {
+                format!(
+                    "backend {} (its request #{})",
+                    j["instance"].as_str().unwrap_or("?"),
+                    j["count"]
+                )
+            });
+        match &backend {
+            Some(b) => {
+                println!("   {} from {b}", response.status);
+                if response.status == 200 && host == COUNTER_HOST && port == 30080 {
+                    reached = true;
+                }
+            }
+            None => println!(
+                "   {} (not from a backend): {}",
+                response.status,
+                response.body.trim()
+            ),
+        }
+        // The route is the Gateway's port 80 whichever node port the request used.
+        match explain(ingressd, config, 80, host, "/") {
+            Ok(e) => println!(
+                "   route: virtual_host {}, route {}, cluster {}{}",
+                field(&e, "virtual_host"),
+                field(&e, "route"),
+                field(&e, "cluster"),
+                e.get("error")
+                    .filter(|v| !v.is_null())
+                    .map(|v| format!(", error {}", text(v)))
+                    .unwrap_or_default()
+            ),
+            Err(e) => println!("   route: ingressd explain failed: {e:#}"),
+        }
+    }
+
+    // The mysql port: TCP straight through, no HTTP.
+    let addr: SocketAddr = sock(Ipv4Addr::new(198, 18, 0, 1), 30306);
+    println!("\n$ (TCP) send a line to {addr} from the client namespace, then half-close");
+    let tcp = topo
+        .connect(Ns::Client, addr, Duration::from_secs(5))
+        .and_then(|s| {
+            send_and_half_close(
+                s,
+                b"hello mysql port\n".to_vec(),
+                Duration::from_secs(5),
+                1 << 16,
+            )
+        });
+    match tcp {
+        Ok(got) => print_indented(&String::from_utf8_lossy(&got)),
+        Err(e) => println!("   failed: {e:#}"),
+    }
+    Ok(reached)
+}
+
+fn field(v: &serde_json::Value, key: &str) -> String {
+    v.get(key).map_or_else(|| "-".to_owned(), text)
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::Object(o) => o.get("name").map(text).unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    }
+}
+
+fn print_next_steps(ingressd: &Path, config: &Path, daemon: &Proc) {
+    let bin = rel(ingressd).display().to_string();
+    let config = rel(config).display().to_string();
+    println!(
+        "\n== try it yourself (from {}; as root)",
+        crate::util::repo_root().display()
+    );
+    for line in [
+        format!(
+            "ip netns exec {PREFIX}-client curl -si -H 'Host: {COUNTER_HOST}' http://198.18.0.1:30080/"
+        ),
+        format!(
+            "ip netns exec {PREFIX}-client curl -si -H 'Host: {UNKNOWN_HOST}' http://198.18.0.1:30080/"
+        ),
+        format!(
+            "ip netns exec {PREFIX}-client curl -si -H 'Host: {COUNTER_HOST}' 'http://198.18.0.1:8080/slow?ms=1500'"
+        ),
+        format!("{bin} explain --config {config} --port 80 --host {COUNTER_HOST} --path /"),
+        format!("{bin} explain --config {config} --port 3306 --protocol tcp"),
+        format!("{bin} check --config {config}"),
+        format!("{bin} dump --config {config}"),
+        format!("ip netns exec {PREFIX}-node curl -s 127.0.0.1:15000/config_dump"),
+        format!("ip netns exec {PREFIX}-node curl -s 127.0.0.1:15000/stats/prometheus"),
+        format!("ip netns exec {PREFIX}-node curl -si 127.0.0.1:15021/healthz/ready"),
+        format!(
+            "tail -f {}   # daemon log",
+            rel(daemon.stderr_path()).display()
+        ),
+        format!(
+            "tail -f {}   # access log",
+            rel(daemon.stdout_path()).display()
+        ),
+        format!("$EDITOR {config}/counter-virtualservice.yaml   # changes apply live"),
+    ] {
+        println!("   {line}");
+    }
+}
+
+/// Waits until Ctrl-C (or SIGTERM) or until the daemon exits on its own.
+fn wait_for_stop(stop: &AtomicBool, daemon: &Proc) -> Result<()> {
+    let started = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(status) = daemon.try_status()? {
+            bail!(
+                "ingressd exited on its own ({status}) after {:?}\n{}",
+                started.elapsed(),
+                daemon.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
+/// `path` relative to the repository root when it is inside it.
+fn rel(path: &Path) -> PathBuf {
+    path.strip_prefix(crate::util::repo_root())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| path.to_path_buf())
+}
