@@ -44,9 +44,19 @@ impl SeedGateway {
         }
     }
 
+    /// Everything the daemon logged (stderr) so far.
+    pub fn log(&self) -> String {
+        self.daemon.stderr()
+    }
+
     /// Builds the topology, starts the backends, writes the seed config and starts
     /// `ingressd run --kernel off <extra...>`, waiting until it is ready.
     pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_with(&[], extra)
+    }
+
+    /// [`SeedGateway::start`] with more config files written next to the seed's.
+    pub fn start_with(files: &[(String, String)], extra: &[&str]) -> Result<Self> {
         let topo = Topology::builder()
             .pod_addrs([COUNTER_A, COUNTER_B, TCP_ECHO])
             .build()?;
@@ -57,6 +67,7 @@ impl SeedGateway {
         let echo = topo.start_tcp_echo(sock(TCP_ECHO, 3306), "tcp-echo")?;
         let config = ConfigDir::temp()?;
         config.write_all(&Self::seed_config().files())?;
+        config.write_all(files)?;
         let mut args = vec!["--kernel", "off"];
         args.extend_from_slice(extra);
         let daemon = topo.start_ingressd(config.path(), &args)?;

@@ -53,6 +53,32 @@ fn topology_routes_client_to_pods_and_cleans_up() {
         .unwrap();
     assert_eq!(r.status, 418);
 
+    // Many URLs from one curl process: rate-limited, over one keep-alive connection.
+    let requests: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                format!("http://198.18.1.10:8080/many/{i}"),
+                "many.example.com".to_owned(),
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (codes, stderr) = topo
+        .curl_many(Ns::Client, &requests, 50, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(codes, vec![200; 20], "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "--rate ignored"
+    );
+    let log = counter.stdout();
+    let peers: std::collections::HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("/many/"))
+        .filter_map(|l| l.rsplit(' ').next())
+        .collect();
+    assert_eq!(peers.len(), 1, "not one keep-alive connection: {log}");
+
     drop(counter);
     drop(topo);
     for name in names {
