@@ -26,7 +26,8 @@ enum Command {
     Setup,
     /// Setup, build the binaries, run every test (root tests need root).
     Test {
-        /// Extra arguments for `cargo test` (after `--`), e.g. `-- --nocapture`.
+        /// Extra arguments for `cargo test` (after `--`), e.g.
+        /// `-- --test seed_http -- --nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
     },

@@ -31,7 +31,13 @@ pub fn run_tests(args: &[String]) -> Result<()> {
         "--bins",
     ]))?;
     run(cargo()
-        .args(["test", "--workspace", "--exclude", "ingress-ebpf"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "ingress-ebpf",
+        ])
         .args(args))?;
     if !root {
         println!();
