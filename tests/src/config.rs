@@ -150,8 +150,7 @@ spec:
         if let Some((cert, key)) = &self.tls_files {
             let _ = write!(
                 yaml,
-                "\
-  - hosts:
+                "  - hosts:
     - '*'
     port:
       name: https
@@ -167,8 +166,7 @@ spec:
             );
         }
         yaml.push_str(
-            "\
-  - hosts: # For TCP routing this field is matched with the VirtualService's hosts.
+            "  - hosts: # For TCP routing this field is matched with the VirtualService's hosts.
     - '*'
     port:
       name: mysql
