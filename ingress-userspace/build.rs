@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../ingress-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path to ingress-ebpf")?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .context("non-UTF-8 path to ingress-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "ingress-ebpf",

@@ -60,8 +60,13 @@ fn classify(ctx: &XdpContext) -> Result<u16, PassReason> {
     }
     let ip: *const Ipv4Hdr = ptr_at(start, end, ETH_HLEN).ok_or(PassReason::Truncated)?;
     // SAFETY: bounds checked by ptr_at.
-    let (version_ihl, protocol, frag_off) =
-        unsafe { ((*ip).version_ihl, (*ip).protocol, u16::from_be((*ip).frag_off_be)) };
+    let (version_ihl, protocol, frag_off) = unsafe {
+        (
+            (*ip).version_ihl,
+            (*ip).protocol,
+            u16::from_be((*ip).frag_off_be),
+        )
+    };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
     if ihl < 20 {
         return Err(PassReason::BadHeaderLength);
