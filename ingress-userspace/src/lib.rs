@@ -14,9 +14,13 @@
 //! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `explain`,
 //! `dump` and `pipeline` are pure: no tokio, hyper or aya.
 
+pub mod admin;
+pub mod daemon;
 pub mod diag;
 pub mod dump;
 pub mod explain;
 pub mod kernel;
 pub mod pipeline;
+pub mod proxy;
 pub mod snapshot;
+pub mod stats;
