@@ -20,3 +20,4 @@ pub mod explain;
 pub mod kernel;
 pub mod pipeline;
 pub mod snapshot;
+pub mod wire;
