@@ -18,6 +18,7 @@ pub mod diag;
 pub mod dump;
 pub mod explain;
 pub mod kernel;
+pub mod model;
 pub mod pipeline;
 pub mod snapshot;
 pub mod wire;

@@ -172,7 +172,7 @@ pub struct RouteOrigin {
 }
 
 /// The conditions of a route (all must hold).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RouteMatch {
     pub path: PathMatch,
     /// `ignoreUriCase`: exact and prefix compare case-insensitively.
@@ -183,7 +183,7 @@ pub struct RouteMatch {
 
 /// How the path is matched. The query string is never part of an exact or
 /// regex comparison; a prefix is compared with the start of the path.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum PathMatch {
     Prefix(String),
     Exact(String),
@@ -222,7 +222,7 @@ impl Pattern {
 
 /// A condition on one request header (or a pseudo-header such as
 /// `:method`, `:authority`, `:scheme`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HeaderMatcher {
     /// Lower-case header name.
     pub name: String,
@@ -232,14 +232,14 @@ pub struct HeaderMatcher {
 }
 
 /// A condition on one query parameter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct QueryParamMatcher {
     pub name: String,
     pub kind: StringMatcher,
 }
 
 /// Istio's StringMatch, plus presence (`{}` in a header match).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StringMatcher {
     Exact(String),
     Prefix(String),
