@@ -14,6 +14,8 @@
 //! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `explain`,
 //! `dump` and `pipeline` are pure: no tokio, hyper or aya.
 
+pub mod analyze;
+pub mod compile;
 pub mod diag;
 pub mod dump;
 pub mod explain;
