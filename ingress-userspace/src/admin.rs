@@ -427,6 +427,7 @@ mod tests {
             gateway: GatewayIdentity::default(),
             listeners: vec![Listener {
                 name: "0.0.0.0_8080".into(),
+                address: std::net::Ipv4Addr::UNSPECIFIED.into(),
                 port: 8080,
                 service_port: 80,
                 node_port: Some(30080),

@@ -8,7 +8,7 @@
 //! map scans go to the blocking pool.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -382,6 +382,7 @@ fn watch_config(
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ListenerKey {
     name: String,
+    address: IpAddr,
     port: u16,
     node_port: Option<u16>,
     http: bool,
@@ -484,6 +485,7 @@ impl Listeners {
                     l.port,
                     ListenerKey {
                         name: l.name.clone(),
+                        address: l.address,
                         port: l.port,
                         node_port: l.node_port.filter(|&n| n != l.port),
                         http: matches!(l.kind, ListenerKind::Http(_)),
@@ -525,17 +527,21 @@ impl Listeners {
     }
 
     async fn start(&self, key: ListenerKey) -> anyhow::Result<ListenerTask> {
-        let primary = bind(key.port).with_context(|| format!("binding listener {}", key.name))?;
+        let primary = bind(key.address, key.port)
+            .with_context(|| format!("binding listener {}", key.name))?;
         let mut sockets = vec![primary];
         match key.node_port {
-            Some(node_port) if !self.kernel_steers_node_ports => match bind(node_port) {
-                Ok(socket) => sockets.push(socket),
-                Err(error) => warn!(
-                    listener = %key.name,
-                    node_port,
-                    "nodePort not served: {error:#}"
-                ),
-            },
+            // A nodePort is served on every address of the node.
+            Some(node_port) if !self.kernel_steers_node_ports => {
+                match bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port) {
+                    Ok(socket) => sockets.push(socket),
+                    Err(error) => warn!(
+                        listener = %key.name,
+                        node_port,
+                        "nodePort not served: {error:#}"
+                    ),
+                }
+            }
             _ => {}
         }
         let addresses: Vec<SocketAddr> =
@@ -605,9 +611,14 @@ async fn stop(task: ListenerTask) -> Option<Drain> {
     }
 }
 
-fn bind(port: u16) -> anyhow::Result<TcpListener> {
-    let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let socket = TcpSocket::new_v4().context("creating a socket")?;
+fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
+    let address = SocketAddr::from((ip, port));
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating a socket")?;
     socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
     socket
         .bind(address)

@@ -15,12 +15,16 @@
 //! `dump` and `pipeline` are pure: no tokio, hyper or aya.
 
 pub mod admin;
+pub mod analyze;
+pub mod compile;
 pub mod daemon;
 pub mod diag;
 pub mod dump;
 pub mod explain;
 pub mod kernel;
+pub mod model;
 pub mod pipeline;
 pub mod proxy;
 pub mod snapshot;
 pub mod stats;
+pub mod wire;

@@ -161,6 +161,20 @@ struct ExplainArgs {
     sni: Option<String>,
     #[arg(long, value_parser = ["http", "http2", "tcp"])]
     protocol: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = parse_header, value_name = "NAME: VALUE")]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(value: &str) -> Result<(String, String), String> {
+    let (name, val) = value
+        .split_once(':')
+        .ok_or_else(|| format!("`{value}` is not `name: value`"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("`{value}` has an empty header name"));
+    }
+    Ok((name.to_ascii_lowercase(), val.trim().to_owned()))
 }
 
 /// `5s`, `250ms`, `1m`, or plain seconds.
@@ -205,6 +219,7 @@ fn main() -> ExitCode {
                 protocol: args.protocol,
                 tls: args.tls,
                 sni: args.sni,
+                headers: args.headers,
             };
             print_json(&explain::explain(&snapshot, &query))
         }

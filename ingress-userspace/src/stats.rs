@@ -115,7 +115,6 @@ impl DestinationLabels {
         let (name, namespace) = match &cluster.discovery {
             Discovery::Service { namespace, name } => (name.clone(), namespace.clone()),
             Discovery::ServiceEntry { namespace, .. } => (cluster.host.clone(), namespace.clone()),
-            Discovery::Unknown => (cluster.host.clone(), "unknown".to_owned()),
         };
         Self {
             service: cluster.host.clone(),

@@ -257,7 +257,10 @@ mod tests {
             host: "a.default.svc.cluster.local".into(),
             port: 80,
             subset: String::new(),
-            discovery: Discovery::Unknown,
+            discovery: Discovery::Service {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
             endpoints: endpoints
                 .iter()
                 .map(|(addr, serving)| Endpoint {

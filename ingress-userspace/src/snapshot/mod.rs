@@ -72,8 +72,10 @@ impl Default for GatewayIdentity {
 /// One bound port and what it serves.
 #[derive(Debug)]
 pub struct Listener {
-    /// Envoy name: `0.0.0.0_<bind port>`.
+    /// Envoy name: `<address>_<bind port>`, e.g. `0.0.0.0_8080`.
     pub name: String,
+    /// The address to bind (`0.0.0.0` unless a server sets `bind`).
+    pub address: std::net::IpAddr,
     /// The port the daemon binds: the gateway Service's targetPort for the
     /// server port, or the server port itself when no Service maps it.
     pub port: u16,
@@ -143,7 +145,7 @@ pub struct RouteConfig {
 pub struct VirtualHost {
     /// `<host>:<server port>`, or `blackhole:<port>` when no VirtualService binds.
     pub name: String,
-    /// Envoy domains: the host and `host:*` (any port), or `*`.
+    /// Envoy domains: the host names (ports in `Host` are ignored).
     pub domains: Vec<String>,
     /// First match wins.
     pub routes: Vec<Route>,
@@ -152,7 +154,7 @@ pub struct VirtualHost {
 }
 
 /// One route: a match and what to do.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Route {
     /// `<http route name>[.<match name>]`, possibly empty, as Istio names them.
     pub name: String,
@@ -172,7 +174,7 @@ pub struct RouteOrigin {
 }
 
 /// The conditions of a route (all must hold).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RouteMatch {
     pub path: PathMatch,
     /// `ignoreUriCase`: exact and prefix compare case-insensitively.
@@ -183,7 +185,7 @@ pub struct RouteMatch {
 
 /// How the path is matched. The query string is never part of an exact or
 /// regex comparison; a prefix is compared with the start of the path.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum PathMatch {
     Prefix(String),
     Exact(String),
@@ -222,7 +224,7 @@ impl Pattern {
 
 /// A condition on one request header (or a pseudo-header such as
 /// `:method`, `:authority`, `:scheme`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HeaderMatcher {
     /// Lower-case header name.
     pub name: String,
@@ -232,14 +234,14 @@ pub struct HeaderMatcher {
 }
 
 /// A condition on one query parameter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct QueryParamMatcher {
     pub name: String,
     pub kind: StringMatcher,
 }
 
 /// Istio's StringMatch, plus presence (`{}` in a header match).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum StringMatcher {
     Exact(String),
     Prefix(String),
@@ -259,7 +261,7 @@ impl StringMatcher {
 }
 
 /// What a matched route does.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum RouteAction {
     /// Proxy to one of the weighted clusters.
     Forward(ForwardAction),
@@ -270,7 +272,7 @@ pub enum RouteAction {
 }
 
 /// Proxying to upstream clusters.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ForwardAction {
     /// Non-empty; weights are relative and all non-zero.
     pub clusters: Vec<WeightedCluster>,
@@ -283,7 +285,7 @@ pub struct ForwardAction {
 }
 
 /// A redirect answer.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RedirectAction {
     pub status: u16,
     pub scheme: Option<String>,
@@ -324,9 +326,6 @@ pub enum Discovery {
     Service { namespace: String, name: String },
     /// `ServiceEntry namespace/name`, static endpoints.
     ServiceEntry { namespace: String, name: String },
-    /// Not found anywhere: the cluster exists (so the route is visible) but
-    /// has no endpoints and answers 503.
-    Unknown,
 }
 
 /// Upstream application protocol, as Istio derives it from the Service port.
