@@ -285,7 +285,7 @@ impl Collector for KernelCollector {
         let ports = match program.port_counters() {
             Ok(ports) => ports,
             Err(error) => {
-                warn!("reading kernel port counters: {error}");
+                warn!("{}", crate::kernel::chain(&error));
                 Vec::new()
             }
         };
@@ -706,4 +706,239 @@ async fn accept_loop(
     }
     drop(sockets);
     Drain { graceful, tcp }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    use crate::proxy::access_log::AccessLogFormat;
+    use crate::snapshot::{
+        Cluster, Discovery, Endpoint, ForwardAction, Listener, Route, RouteAction, RouteConfig,
+        RouteMatch, UpstreamProtocol, VirtualHost, VirtualHostIndex, WeightedCluster,
+    };
+
+    /// A backend that answers `name path host xff xfp` for every request.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned()
+                        };
+                        let body = format!(
+                            "{name} {} {} {} {} {}",
+                            req.uri(),
+                            h("host"),
+                            h("x-forwarded-for"),
+                            h("x-forwarded-proto"),
+                            h("connection"),
+                        );
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        address
+    }
+
+    fn cluster(name: &str, endpoints: &[SocketAddr]) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.to_owned(),
+            host: "counter.default.svc.cluster.local".into(),
+            port: 80,
+            subset: String::new(),
+            discovery: Discovery::Service {
+                namespace: "default".into(),
+                name: "counter".into(),
+            },
+            endpoints: endpoints
+                .iter()
+                .map(|&address| Endpoint {
+                    address,
+                    serving: true,
+                    target: None,
+                })
+                .collect(),
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn snapshot(endpoints: &[SocketAddr]) -> Snapshot {
+        let forward = |cluster: &str| Route {
+            name: format!("to-{cluster}"),
+            matcher: RouteMatch::default(),
+            action: RouteAction::Forward(ForwardAction {
+                clusters: vec![WeightedCluster {
+                    name: cluster.to_owned(),
+                    weight: 100,
+                }],
+                timeout: None,
+                prefix_rewrite: None,
+                host_rewrite: None,
+            }),
+            origin: None,
+        };
+        let vhosts = vec![
+            VirtualHost {
+                name: "counter.example.com:80".into(),
+                domains: vec!["counter.example.com".into()],
+                routes: vec![forward("outbound|80||counter.default.svc.cluster.local")],
+                require_tls: false,
+            },
+            VirtualHost {
+                name: "empty.example.com:80".into(),
+                domains: vec!["empty.example.com".into()],
+                routes: vec![forward("outbound|80||empty.default.svc.cluster.local")],
+                require_tls: false,
+            },
+            VirtualHost {
+                name: "secure.example.com:80".into(),
+                domains: vec!["secure.example.com".into()],
+                routes: Vec::new(),
+                require_tls: true,
+            },
+        ];
+        let index = VirtualHostIndex::build(&vhosts);
+        let clusters = [
+            cluster("outbound|80||counter.default.svc.cluster.local", endpoints),
+            cluster("outbound|80||empty.default.svc.cluster.local", &[]),
+        ];
+        Snapshot {
+            gateway: GatewayIdentity::default(),
+            listeners: vec![Listener {
+                name: "0.0.0.0_8080".into(),
+                address: Ipv4Addr::UNSPECIFIED.into(),
+                port: 8080,
+                service_port: 80,
+                node_port: None,
+                servers: Vec::new(),
+                kind: ListenerKind::Http(RouteConfig {
+                    name: "http.8080".into(),
+                    virtual_hosts: vhosts,
+                    index,
+                }),
+            }],
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect::<BTreeMap<_, _>>(),
+            diagnostics: Default::default(),
+        }
+    }
+
+    async fn get(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        proxy: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> (u16, String, http::HeaderMap) {
+        let request = http::Request::builder()
+            .uri(format!("http://{proxy}{path}"))
+            .header("host", host)
+            .header("connection", "keep-alive, x-drop")
+            .header("x-drop", "1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+    }
+
+    #[tokio::test]
+    async fn http_listener_routes_forwards_and_drains() {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let metrics = Arc::new(Metrics::new(
+            SourceIdentity::from_gateway(&GatewayIdentity::default()),
+            None,
+        ));
+        let ctx = Arc::new(Context::new(
+            Arc::new(snapshot(&[a, b])),
+            metrics.clone(),
+            AccessLog {
+                format: AccessLogFormat::Off,
+            },
+        ));
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = socket.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", true));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            ctx.clone(),
+            vec![socket],
+            8080,
+            true,
+            stats,
+            stop_rx,
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+
+        let (status, first, headers) =
+            get(&client, proxy, "counter.example.com:80", "/x?q=1").await;
+        assert_eq!(status, 200, "{first}");
+        assert!(headers.contains_key("x-envoy-upstream-service-time"));
+        let (_, second, _) = get(&client, proxy, "COUNTER.example.com", "/y").await;
+        let mut names = [&first[..1], &second[..1]];
+        names.sort();
+        assert_eq!(names, ["a", "b"], "round robin: {first} / {second}");
+        let fields: Vec<&str> = first.split(' ').collect();
+        assert_eq!(fields[1], "/x?q=1");
+        assert_eq!(fields[2], "counter.example.com:80", "Host kept");
+        assert_eq!(fields[3], "127.0.0.1", "x-forwarded-for");
+        assert_eq!(fields[4], "http", "x-forwarded-proto");
+        assert!(!first.contains("x-drop"));
+
+        let (status, body, _) = get(&client, proxy, "other.example.com", "/").await;
+        assert_eq!((status, body.as_str()), (404, "route not found"));
+        let (status, body, _) = get(&client, proxy, "empty.example.com", "/").await;
+        assert_eq!((status, body.as_str()), (503, "no healthy upstream"));
+        let (status, _, headers) = get(&client, proxy, "secure.example.com:8080", "/p?q").await;
+        assert_eq!(status, 301);
+        assert_eq!(headers["location"], "https://secure.example.com/p?q");
+
+        // A swap changes the next request, not the listener.
+        ctx.snapshot.store(Arc::new(snapshot(&[b])));
+        for _ in 0..3 {
+            let (_, body, _) = get(&client, proxy, "counter.example.com", "/").await;
+            assert!(body.starts_with('b'), "{body}");
+        }
+
+        let text = metrics.prometheus_text().unwrap();
+        assert!(text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"404\"")
+            && l.contains("response_flags=\"NR\"")));
+        assert!(text.lines().any(|l| l.contains("response_flags=\"UH\"")));
+
+        stop_tx.send(true).unwrap();
+        let drain = task.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), drain.wait())
+            .await
+            .expect("idle keep-alive connections close on drain");
+        assert!(TcpStream::connect(proxy).await.is_err(), "listener closed");
+    }
 }

@@ -19,11 +19,12 @@ pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-ebpf"))
 }
 
-/// Why the kernel path could not be set up or read.
+/// Why the kernel path could not be set up or read. The underlying aya error
+/// is the `source`; print with `{:#}` through anyhow (or [`chain`]) to see it.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The object could not be parsed or its maps created.
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[from] aya::EbpfError),
     /// A program the daemon needs is not in the object.
     #[error("program {0} is missing from the eBPF object")]
@@ -32,14 +33,14 @@ pub enum KernelError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     /// The verifier rejected the program, or attaching it failed.
-    #[error("program {program}: {source}")]
+    #[error("loading program {program}")]
     Program {
         program: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
     /// Attaching to one interface failed.
-    #[error("attaching {program} to {interface} ({mode}): {source}")]
+    #[error("attaching {program} to {interface} ({mode})")]
     Attach {
         program: &'static str,
         interface: String,
@@ -48,12 +49,24 @@ pub enum KernelError {
         source: aya::programs::ProgramError,
     },
     /// Reading a map failed.
-    #[error("reading map {map}: {source}")]
+    #[error("reading map {map}")]
     Map {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// `error` and its causes on one line, `a: b: c`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// How an XDP program is attached.
