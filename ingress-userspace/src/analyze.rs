@@ -199,17 +199,17 @@ pub fn analyze(model: &Model, identity: &GatewayIdentity, diagnostics: &mut Diag
             .http
             .iter()
             .position(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.is_catch_all()));
-        if let Some(at) = catch_all {
-            if at + 1 < vs.http.len() {
-                warn(
-                    &vs.meta,
-                    "virtualservice",
-                    format!("spec.http[{}]", at + 1),
-                    format!(
-                        "unreachable: spec.http[{at}] matches every request, so this and later routes never match"
-                    ),
-                );
-            }
+        if let Some(at) = catch_all
+            && at + 1 < vs.http.len()
+        {
+            warn(
+                &vs.meta,
+                "virtualservice",
+                format!("spec.http[{}]", at + 1),
+                format!(
+                    "unreachable: spec.http[{at}] matches every request, so this and later routes never match"
+                ),
+            );
         }
     }
 }

@@ -104,10 +104,10 @@ pub fn matching_hosts(server: &Server, vs: &VirtualService) -> Vec<Host> {
             .filter(|h| h.admits_namespace(&vs.meta.namespace))
             .filter_map(|h| Host::intersect(&h.host, vs_host))
             .max_by_key(|h| (!h.is_wildcard(), h.as_str().len()));
-        if let Some(host) = best {
-            if !out.contains(&host) {
-                out.push(host);
-            }
+        if let Some(host) = best
+            && !out.contains(&host)
+        {
+            out.push(host);
         }
     }
     out
@@ -495,8 +495,7 @@ impl<'a> Compiler<'a> {
                 let matched = route.matches.is_empty()
                     || route.matches.iter().any(|m| {
                         m.port.is_none_or(|p| p == server.port.number)
-                            && (m.gateways.is_empty()
-                                || m.gateways.iter().any(|g| *g == gateway_name))
+                            && (m.gateways.is_empty() || m.gateways.contains(&gateway_name))
                     });
                 if !matched {
                     continue;

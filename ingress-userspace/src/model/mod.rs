@@ -681,11 +681,10 @@ fn convert_gateway(object: &Object<istio::GatewaySpec>, ctx: &mut Ctx<'_>) -> Op
                 None => None,
             };
             let name = ctx.required(&port.name, &format!("{field}.port.name")).cloned();
-            if let Some(name) = &name {
-                if let Some(first) = port_names.insert(name.clone(), i) {
+            if let Some(name) = &name
+                && let Some(first) = port_names.insert(name.clone(), i) {
                     ctx.error(format!("{field}.port.name"), format!("port name {name:?} is already used by spec.servers[{first}]; port names must be unique in a Gateway"));
                 }
-            }
             if port.target_port.is_some() {
                 ctx.warning(format!("{field}.port.targetPort"), "ignored: the listener port comes from the gateway Service's targetPort");
             }
@@ -725,18 +724,19 @@ fn convert_gateway(object: &Object<istio::GatewaySpec>, ctx: &mut Ctx<'_>) -> Op
             if port.protocol.requires_tls() && tls.is_none() && server.tls.is_none() {
                 ctx.error(
                     format!("{field}.tls"),
-                    format!("a {} server requires tls settings", port.protocol.as_str()),
+                    format!(
+                        "a server with protocol {} requires tls settings",
+                        port.protocol.as_str()
+                    ),
                 );
             }
-            if port.protocol.is_plain_http() {
-                if let Some(tls) = &tls {
-                    if !tls.https_redirect
-                        || tls.server_certificate.is_some()
-                        || tls.credential_name.is_some()
-                    {
-                        ctx.warning(format!("{field}.tls"), "only httpsRedirect applies to a plaintext HTTP server; other tls settings are ignored");
-                    }
-                }
+            if port.protocol.is_plain_http()
+                && let Some(tls) = &tls
+                && (!tls.https_redirect
+                    || tls.server_certificate.is_some()
+                    || tls.credential_name.is_some())
+            {
+                ctx.warning(format!("{field}.tls"), "only httpsRedirect applies to a plaintext HTTP server; other tls settings are ignored");
             }
         }
         let bind = match &server.bind {
@@ -845,13 +845,15 @@ fn convert_server_tls(tls: &istio::ServerTls, field: &str, ctx: &mut Ctx<'_>) ->
     };
     let min_protocol_version = version(ctx, &tls.min_protocol_version, "minProtocolVersion");
     let max_protocol_version = version(ctx, &tls.max_protocol_version, "maxProtocolVersion");
-    if let (Some(min), Some(max)) = (min_protocol_version, max_protocol_version) {
-        if min != TlsVersion::Auto && max != TlsVersion::Auto && min > max {
-            ctx.error(
-                format!("{field}.minProtocolVersion"),
-                "minProtocolVersion is above maxProtocolVersion",
-            );
-        }
+    if let (Some(min), Some(max)) = (min_protocol_version, max_protocol_version)
+        && min != TlsVersion::Auto
+        && max != TlsVersion::Auto
+        && min > max
+    {
+        ctx.error(
+            format!("{field}.minProtocolVersion"),
+            "minProtocolVersion is above maxProtocolVersion",
+        );
     }
     Some(ServerTls {
         https_redirect,
