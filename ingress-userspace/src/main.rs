@@ -138,6 +138,10 @@ struct RunArgs {
     /// Format of the access log (stdout).
     #[arg(long, value_enum, default_value = "text")]
     access_log_format: AccessLogArg,
+    /// Worker threads serving connections (Envoy's `--concurrency`); one per
+    /// core when absent.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +283,7 @@ fn check(args: &ConfigArgs) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
+    let concurrency = args.concurrency.map(usize::from);
     let options = RunOptions {
         config_dir: args.config.config.clone(),
         gateway: args.config.options().gateway,
@@ -304,7 +309,11 @@ fn run(args: RunArgs) -> ExitCode {
         },
         command_line: std::env::args().collect(),
     };
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = concurrency {
+        runtime.worker_threads(threads);
+    }
+    let result = runtime
         .enable_all()
         .build()
         .context("starting the tokio runtime")
