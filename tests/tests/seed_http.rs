@@ -76,8 +76,21 @@ fn seed_request_reaches_counter_via_target_port_and_node_port() {
         "{}",
         dump.body
     );
-    let ready = gw.topo.http_get(Ns::Node, ADMIN_ADDR, "/ready").unwrap();
-    assert_eq!(ready.status, 200, "{ready:?}");
+    for path in [
+        "/ready",
+        "/stats",
+        "/stats/prometheus",
+        "/clusters",
+        "/listeners",
+    ] {
+        let r = gw.topo.http_get(Ns::Node, ADMIN_ADDR, path).unwrap();
+        assert_eq!(r.status, 200, "admin {path}: {r:?}");
+    }
+    let prom = gw
+        .topo
+        .http_get(Ns::Node, ADMIN_ADDR, "/stats/prometheus")
+        .unwrap();
+    assert!(prom.body.contains("istio_requests_total"), "{}", prom.body);
 }
 
 #[test]
@@ -117,12 +130,20 @@ fn ports_without_a_server_are_closed() {
 }
 
 #[test]
-fn upstream_failures_map_to_503() {
-    if !require_root("upstream_failures_map_to_503") {
+fn upstream_failures_map_to_503_and_504() {
+    if !require_root("upstream_failures_map_to_503_and_504") {
         return;
     }
     // `empty`: a Service without endpoints. `dead`: an endpoint where nothing listens.
+    // `impatient`: the counter with a 500 ms route timeout.
+    let impatient = virtual_service("impatient", "impatient.lab.example.com", "counter", 80)
+        .replace("    route:\n", "    timeout: 500ms\n    route:\n");
+    assert!(
+        impatient.contains("timeout: 500ms"),
+        "fixture edit did not apply"
+    );
     let files = vec![
+        ("impatient.yaml".to_owned(), impatient),
         (
             "empty.yaml".to_owned(),
             format!(
@@ -157,6 +178,17 @@ fn upstream_failures_map_to_503() {
         assert_eq!(r.status, 503, "{host}: {r:?}");
         assert!(!r.body.trim().is_empty(), "a 503 says why: {r:?}");
     }
+    let r = gw
+        .topo
+        .get(
+            &node_url(8080, "/slow?ms=3000"),
+            "impatient.lab.example.com",
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+
     // And the healthy route next to them still works.
     let r = gw
         .topo
