@@ -101,6 +101,9 @@ impl TopologyBuilder {
     /// Creates the namespaces, links, addresses and routes.
     pub fn build(self) -> Result<Topology> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
+        if COUNTER.load(Ordering::Relaxed) == 0 {
+            remove_stale_namespaces();
+        }
         let prefix = self.prefix.unwrap_or_else(|| {
             format!(
                 "ingd-{}-{}",
@@ -348,6 +351,27 @@ impl Drop for Topology {
         let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
         for name in created.iter().rev() {
             remove_netns(name);
+        }
+    }
+}
+
+/// Deletes `ingd-<pid>-...` namespaces whose test process is gone (killed before its
+/// `Drop` ran, e.g. by a timeout), so they do not pile up across runs.
+fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ingd-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            remove_netns(&name);
         }
     }
 }
