@@ -109,7 +109,9 @@ pub fn run_demo(once: bool) -> Result<()> {
         "\n== ingressd run --config {} (node ns)",
         rel(&config_path).display()
     );
-    let daemon = topo.start_ingressd_with(&ingressd, &config_path, &[])?;
+    // The node's interface toward the clients gets the kernel program
+    // (generic XDP; where eBPF cannot load, the daemon says so and serves anyway).
+    let daemon = topo.start_ingressd_with(&ingressd, &config_path, &["--interfaces", "cl0"])?;
     println!(
         "   ready; logs: {} (access log: {})",
         rel(daemon.stderr_path()).display(),
@@ -118,6 +120,7 @@ pub fn run_demo(once: bool) -> Result<()> {
     print_indented(&daemon.stderr());
 
     let reached = send_requests(&topo, &ingressd, &config_path)?;
+    print_kernel_counters(&topo)?;
     print_next_steps(&ingressd, &config_path, &daemon);
 
     let outcome = if once {
@@ -140,6 +143,36 @@ pub fn run_demo(once: bool) -> Result<()> {
         bail!(
             "the seed request (Host: {COUNTER_HOST} on 198.18.0.1:30080) did not reach a counter backend"
         );
+    }
+    Ok(())
+}
+
+/// Prints what the kernel program counted on the node's client-facing interface.
+fn print_kernel_counters(topo: &Topology) -> Result<()> {
+    println!("\n== kernel: packets counted by xdp_port_counter on the node's interface cl0");
+    let out = topo.exec(
+        Ns::Node,
+        "curl",
+        [
+            "-s",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15000/stats/prometheus",
+        ],
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ingressd_kernel_"))
+        .collect();
+    if lines.is_empty() {
+        println!(
+            "   (no kernel counters: the kernel path is not active; see the daemon log above)"
+        );
+    }
+    for line in lines {
+        println!("   {line}");
     }
     Ok(())
 }
