@@ -160,30 +160,16 @@ impl PortCounterProgram {
     /// Every port with a non-zero count, summed over CPUs. Reads all 65536
     /// slots: a few tens of milliseconds, so keep it off async workers.
     pub fn port_counters(&self) -> Result<Vec<PortTotals>, KernelError> {
-        let map_error = |source| KernelError::Map {
-            map: PORT_COUNTERS_MAP,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(PORT_COUNTERS_MAP)
-            .ok_or(KernelError::MissingMap(PORT_COUNTERS_MAP))?;
-        let array = PerCpuArray::<_, PortCounter>::try_from(map).map_err(map_error)?;
+        let array = self.per_cpu_array::<PortCounter>(PORT_COUNTERS_MAP)?;
         let mut totals = Vec::new();
         for (index, values) in array.iter().enumerate() {
-            let values = values.map_err(map_error)?;
-            let (packets, bytes) = values.iter().fold((0u64, 0u64), |(p, b), v| {
-                (p.wrapping_add(v.packets), b.wrapping_add(v.bytes))
-            });
-            if packets != 0 || bytes != 0 {
-                let Ok(port) = u16::try_from(index) else {
-                    break;
-                };
-                totals.push(PortTotals {
-                    port,
-                    packets,
-                    bytes,
-                });
+            let values = values.map_err(map_error(PORT_COUNTERS_MAP))?;
+            let Ok(port) = u16::try_from(index) else {
+                break;
+            };
+            let total = sum_port_counter(port, &values);
+            if total.packets != 0 || total.bytes != 0 {
+                totals.push(total);
             }
         }
         Ok(totals)
@@ -191,47 +177,54 @@ impl PortCounterProgram {
 
     /// The totals for one port.
     pub fn port_counter(&self, port: u16) -> Result<PortTotals, KernelError> {
-        let map_error = |source| KernelError::Map {
-            map: PORT_COUNTERS_MAP,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(PORT_COUNTERS_MAP)
-            .ok_or(KernelError::MissingMap(PORT_COUNTERS_MAP))?;
-        let array = PerCpuArray::<_, PortCounter>::try_from(map).map_err(map_error)?;
-        let values = array.get(&u32::from(port), 0).map_err(map_error)?;
-        let (packets, bytes) = values.iter().fold((0u64, 0u64), |(p, b), v| {
-            (p.wrapping_add(v.packets), b.wrapping_add(v.bytes))
-        });
-        Ok(PortTotals {
-            port,
-            packets,
-            bytes,
-        })
+        let array = self.per_cpu_array::<PortCounter>(PORT_COUNTERS_MAP)?;
+        let values = array
+            .get(&u32::from(port), 0)
+            .map_err(map_error(PORT_COUNTERS_MAP))?;
+        Ok(sum_port_counter(port, &values))
     }
 
     /// Packets by pass reason, summed over CPUs, every reason included.
     pub fn pass_reasons(&self) -> Result<Vec<(PassReason, u64)>, KernelError> {
-        let map_error = |source| KernelError::Map {
-            map: PASS_REASONS_MAP,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(PASS_REASONS_MAP)
-            .ok_or(KernelError::MissingMap(PASS_REASONS_MAP))?;
-        let array = PerCpuArray::<_, u64>::try_from(map).map_err(map_error)?;
+        let array = self.per_cpu_array::<u64>(PASS_REASONS_MAP)?;
         PassReason::ALL
             .iter()
             .map(|&reason| {
-                let values = array.get(&(reason as u32), 0).map_err(map_error)?;
+                let values = array
+                    .get(&(reason as u32), 0)
+                    .map_err(map_error(PASS_REASONS_MAP))?;
                 Ok((
                     reason,
                     values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
                 ))
             })
             .collect()
+    }
+
+    /// The per-CPU array `name` of the loaded object.
+    fn per_cpu_array<V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<PerCpuArray<&aya::maps::MapData, V>, KernelError> {
+        let map = self.ebpf.map(name).ok_or(KernelError::MissingMap(name))?;
+        PerCpuArray::try_from(map).map_err(map_error(name))
+    }
+}
+
+/// Wraps a map error with the map's name.
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map { map, source }
+}
+
+/// One port's counters summed over CPUs.
+fn sum_port_counter(port: u16, values: &[PortCounter]) -> PortTotals {
+    let (packets, bytes) = values.iter().fold((0u64, 0u64), |(p, b), v| {
+        (p.wrapping_add(v.packets), b.wrapping_add(v.bytes))
+    });
+    PortTotals {
+        port,
+        packets,
+        bytes,
     }
 }
 
