@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod counter;
+pub mod lb;
+pub mod steer;
 
 /// Version of the layouts in this crate. Pinned maps written by a daemon with
 /// another ABI version are not adopted.
