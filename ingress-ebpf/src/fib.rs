@@ -5,7 +5,10 @@ use core::mem;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+        bpf_fib_lookup as FibLookup,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -79,9 +82,20 @@ pub fn lookup(
 }
 
 /// Sends the (already rewritten) packet out of `route`'s interface. Returns
-/// the TC verdict of the redirect helper (`TC_ACT_REDIRECT`).
+/// the TC verdict of the redirect helper (`TC_ACT_REDIRECT`); a helper that
+/// refuses (it answers `TC_ACT_SHOT`) counts as a failed rewrite.
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, Reason> {
+    let verdict = redirect_to(ctx, route)?;
+    if verdict == TC_ACT_REDIRECT as i32 {
+        Ok(verdict)
+    } else {
+        Err(Reason::DropRewrite)
+    }
+}
+
+#[inline(always)]
+fn redirect_to(ctx: &TcContext, route: &Route) -> Result<i32, Reason> {
     match route.macs {
         Some(macs) => {
             ctx.store(0, &macs, 0).map_err(|_| Reason::DropRewrite)?;

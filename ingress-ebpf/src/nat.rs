@@ -52,8 +52,9 @@ pub fn snat_addr(ifindex: u32) -> Result<u32, Reason> {
 /// SNAT port (network order).
 ///
 /// The port search starts at `flow_hash(client, backend) % range` inside the
-/// configured range, so a client's retransmitted SYN (after its entries were
-/// lost) tends to get the same port, and walks up from there. A port is taken
+/// configured range (deterministic, so tests can predict it; spread, so
+/// connections do not all compete for the bottom of the range) and walks up
+/// from there, wrapping inside the range. A port is taken
 /// by inserting the reply entry (backend -> SNAT address:port) with
 /// `BPF_NOEXIST`: two CPUs can never claim the same port towards the same
 /// backend. The original-direction entry is written after that.

@@ -1127,6 +1127,13 @@ fn every_program_in_the_object_passes_the_verifier() {
     steer
         .load()
         .unwrap_or_else(|e| panic!("{SK_LOOKUP_PROGRAM}: {e:#?}"));
+    if let Ok(info) = steer.info() {
+        eprintln!(
+            "{SK_LOOKUP_PROGRAM}: {} instructions verified, {} translated",
+            info.verified_instruction_count().unwrap_or(0),
+            info.size_translated().unwrap_or(0) / 8
+        );
+    }
     let xdp: &mut Xdp = ebpf
         .program_mut(PORT_COUNTER_PROGRAM)
         .expect("xdp_port_counter")
