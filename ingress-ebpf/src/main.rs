@@ -1,11 +1,25 @@
 //! Kernel stage: the eBPF programs, built for `bpfel-unknown-none` and embedded
 //! into the `ingressd` binary. Entry points stay thin; logic lives in modules
 //! by concern.
+//!
+//! - `tc_ingress` (in-kernel TCP forwarding): `parse` -> `conntrack` ->
+//!   `lb` (frontend, Maglev) -> `fib` -> `nat` (SNAT, rewrite; `csum`) ->
+//!   redirect, counted in `stats`.
+//! - `sk_lookup_steer` (nodePort steering of L7 ports): `steer`.
+//! - `xdp_port_counter` (per-port counters): `port_counter`.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
+mod fib;
+mod lb;
+mod nat;
 mod parse;
 mod port_counter;
+mod stats;
+mod steer;
+mod tc_ingress;
 
 #[cfg(not(test))]
 #[panic_handler]
