@@ -562,9 +562,10 @@ impl KernelState {
 
     /// Applies `op` to this mirror of the maps.
     pub fn apply(&mut self, op: &Op) {
-        match op {
+        let replaced = match op {
             Op::SetBackend { id, address } => {
                 self.backends.insert(*id, *address);
+                None
             }
             Op::WriteTable {
                 service_id,
@@ -572,31 +573,34 @@ impl KernelState {
                 slots,
             } => {
                 self.tables.insert((*service_id, *table), slots.clone());
+                None
             }
-            Op::SetFrontend { frontend, value } => {
-                self.frontends.insert(*frontend, *value);
-            }
-            Op::DeleteFrontend { frontend } => {
-                self.frontends.remove(frontend);
-            }
+            Op::SetFrontend { frontend, value } => self.frontends.insert(*frontend, *value),
+            Op::DeleteFrontend { frontend } => self.frontends.remove(frontend),
             Op::DeleteBackend { id } => {
                 self.backends.remove(id);
+                None
             }
             Op::SetSteer { port, slot } => {
                 self.steering.insert(*port, *slot);
+                None
             }
             Op::DeleteSteer { port } => {
                 self.steering.remove(port);
+                None
             }
-        }
-        // Keep only the tables a frontend points at.
-        let live: BTreeSet<(u32, u32)> = self
-            .frontends
-            .values()
-            .map(|f| (f.service_id, f.table & 1))
-            .collect();
-        if matches!(op, Op::SetFrontend { .. } | Op::DeleteFrontend { .. }) {
-            self.tables.retain(|key, _| live.contains(key));
+        };
+        // The mirror keeps the tables a frontend points at (what
+        // `LbMaps::read_state` reads back): forget one nobody uses anymore.
+        if let Some(old) = replaced {
+            let key = (old.service_id, old.table & 1);
+            if !self
+                .frontends
+                .values()
+                .any(|f| (f.service_id, f.table & 1) == key)
+            {
+                self.tables.remove(&key);
+            }
         }
     }
 }
