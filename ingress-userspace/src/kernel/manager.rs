@@ -428,6 +428,53 @@ impl KernelManager {
         self.maps.reap(monotonic_ns(), idle_ns, 60_000_000_000)
     }
 
+    /// The counters for `/stats/prometheus`: reasons, steering, and the
+    /// services and backends of the current plan.
+    pub fn stats(&self) -> Result<crate::stats::KernelStats, KernelError> {
+        use crate::stats::{KernelStats, KernelTraffic};
+        let traffic =
+            |labels: [(&'static str, String); 2], t: super::maps::Traffic| KernelTraffic {
+                labels,
+                packets: t.packets,
+                bytes: t.bytes,
+                connections: t.connections,
+            };
+        let mut stats = KernelStats {
+            reasons: self
+                .maps
+                .reasons()?
+                .into_iter()
+                .map(|(r, n)| (r.label(), n))
+                .collect(),
+            steering: self
+                .maps
+                .steer_reasons()?
+                .into_iter()
+                .map(|(r, n)| (r.label(), n))
+                .collect(),
+            ..KernelStats::default()
+        };
+        for service in &self.plan.services {
+            stats.services.push(traffic(
+                [
+                    ("listener", service.listener.clone()),
+                    ("port", service.listener_port.to_string()),
+                ],
+                self.maps.service_traffic(service.id)?,
+            ));
+        }
+        for (id, backend) in &self.plan.backends {
+            stats.backends.push(traffic(
+                [
+                    ("cluster", backend.cluster.clone()),
+                    ("backend", backend.address.to_string()),
+                ],
+                self.maps.backend_traffic(*id)?,
+            ));
+        }
+        Ok(stats)
+    }
+
     /// Every file under the pin root.
     pub fn pins(&self) -> Vec<String> {
         let mut out = Vec::new();
