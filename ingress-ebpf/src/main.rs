@@ -4,8 +4,16 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
+mod fib;
+mod lb;
+mod nat;
 mod parse;
 mod port_counter;
+mod stats;
+mod steer;
+mod tc_ingress;
 
 #[cfg(not(test))]
 #[panic_handler]
