@@ -104,6 +104,9 @@ pub struct KernelManager {
     hooks: Vec<InterfaceHook>,
     adopted: bool,
     sk_lookup: &'static str,
+    /// Steering slots this process put a socket into (a sock map's keys
+    /// cannot be listed: every index exists).
+    socket_slots: std::collections::BTreeSet<u32>,
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` when `root` lives there and it is missing.
@@ -350,6 +353,7 @@ impl KernelManager {
             hooks: Vec::new(),
             adopted,
             sk_lookup: "none",
+            socket_slots: std::collections::BTreeSet::new(),
         })
     }
 
@@ -409,14 +413,20 @@ impl KernelManager {
         for steer in &plan.steering {
             if let Some(fd) = sockets.get(&steer.listener_port) {
                 self.maps.set_socket(steer.slot, &RawFdRef(*fd))?;
+                self.socket_slots.insert(steer.slot);
                 registered += 1;
             }
         }
         let used: Vec<u32> = plan.steering.iter().map(|s| s.slot).collect();
-        for slot in self.maps.socket_slots()? {
-            if !used.contains(&slot) {
-                self.maps.clear_socket(slot)?;
-            }
+        let stale: Vec<u32> = self
+            .socket_slots
+            .iter()
+            .copied()
+            .filter(|slot| !used.contains(slot))
+            .collect();
+        for slot in stale {
+            self.maps.clear_socket(slot)?;
+            self.socket_slots.remove(&slot);
         }
         Ok(registered)
     }
@@ -564,7 +574,7 @@ impl KernelManager {
                     "slot": slot,
                     "listener": self.plan.steering_for_port(*port).map(|s| s.listener.clone()),
                 })).collect::<Vec<_>>(),
-                "steering_sockets": self.maps.socket_slots()?,
+                "steering_sockets": self.socket_slots,
                 "conntrack_entries": self.maps.conntrack_len()?,
             }))
         };

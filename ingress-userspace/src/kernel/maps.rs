@@ -366,17 +366,17 @@ impl LbMaps {
             .map_err(map_err(STEER_SOCKETS_MAP))
     }
 
-    /// Empties steering slot `slot` (no error when it was empty).
+    /// Empties steering slot `slot` (no error when it was empty: the kernel
+    /// empties a slot itself when its socket closes).
     pub fn clear_socket(&mut self, slot: u32) -> Result<(), KernelError> {
-        ignore_missing(self.steer_sockets.clear_index(&slot), STEER_SOCKETS_MAP)
-    }
-
-    /// Slots that hold a socket.
-    pub fn socket_slots(&self) -> Result<Vec<u32>, KernelError> {
-        self.steer_sockets
-            .indices()
-            .map(|r| r.map_err(map_err(STEER_SOCKETS_MAP)))
-            .collect()
+        match self.steer_sockets.clear_index(&slot) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                Ok(())
+            }
+            other => ignore_missing(other, STEER_SOCKETS_MAP),
+        }
     }
 
     /// Number of conntrack entries (two per connection).
