@@ -85,6 +85,19 @@ pub struct Admin {
     pub quit: Arc<Notify>,
     /// One line about the kernel path, for `/server_info`.
     pub kernel: String,
+    /// Reads the kernel section of `/config_dump` (when the kernel path is on).
+    pub kernel_dump: Option<KernelDump>,
+}
+
+/// Produces the `ingressd.KernelDump` entry of `/config_dump` (reads maps:
+/// called on the blocking pool).
+#[derive(Clone)]
+pub struct KernelDump(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for KernelDump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelDump")
+    }
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -115,7 +128,16 @@ impl Admin {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         match (method, path) {
             (&Method::GET, "/config_dump") => {
-                json(&crate::dump::config_dump(&self.ctx.snapshot.load()))
+                let dump = crate::dump::config_dump(&self.ctx.snapshot.load());
+                match self.kernel_dump.clone() {
+                    Some(KernelDump(read)) => {
+                        match tokio::task::spawn_blocking(move || read()).await {
+                            Ok(kernel) => json(&crate::dump::with_kernel(dump, kernel)),
+                            Err(_) => json(&dump),
+                        }
+                    }
+                    None => json(&dump),
+                }
             }
             (&Method::GET, "/ready") => {
                 let state = self.state.get();
@@ -469,6 +491,7 @@ mod tests {
             }]),
             quit: Arc::new(Notify::new()),
             kernel: "off".into(),
+            kernel_dump: None,
         })
     }
 

@@ -4,11 +4,17 @@
 //!
 //! Threads and tasks: the tokio runtime runs one accept task per listener, one
 //! task per connection, the admin and status servers, and the reload loop;
-//! `notify` watches the config dir on its own thread; pipeline runs and kernel
-//! map scans go to the blocking pool.
+//! `notify` watches the config dir on its own thread; pipeline runs, kernel
+//! map writes and map scans go to the blocking pool; conntrack reaping runs
+//! on its own thread (`conntrack-reaper`).
+//!
+//! Kernel path on every snapshot swap: plan (pure) -> bind/unbind userspace
+//! listeners (nodePorts the kernel takes are not bound) -> register the
+//! steered listeners' sockets -> write the plan's ordered diff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +32,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Admin, ListenerInfo, ServerState, State};
+use crate::admin::{self, Admin, KernelDump, ListenerInfo, ServerState, State};
+use crate::kernel::manager::{self as kernel_manager, KernelManager, KernelOptions, XdpMode};
 use crate::kernel::{AttachMode, PortCounterProgram};
 use crate::pipeline::{self, Options};
 use crate::proxy::access_log::AccessLog;
@@ -55,6 +62,11 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     pub kernel: KernelMode,
     pub interfaces: Vec<String>,
+    /// `--xdp`: forwarding hook choice.
+    pub xdp: XdpMode,
+    /// `--bpffs-root`: where the kernel path pins.
+    pub pin_root: PathBuf,
+    /// XDP attach mode of the port counter.
     pub xdp_mode: AttachMode,
     pub access_log: AccessLog,
     /// For `/server_info`.
@@ -76,14 +88,33 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         ),
     };
 
+    let lb = setup_lb(&options)?;
     let kernel = setup_kernel(&options)?;
-    let kernel_line = match &kernel {
-        Some(program) => format!("xdp_port_counter attached to {:?}", program.interfaces()),
+    let mut kernel_line = match &lb {
+        Some(manager) => format!(
+            "tc_ingress (tcx) on {:?}, sk_lookup_steer on the netns, pins in {}{}",
+            manager
+                .hooks()
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
+            options.pin_root.display(),
+            if manager.adopted() { " (adopted)" } else { "" }
+        ),
         None => "off (userspace only)".to_owned(),
     };
+    if let Some(program) = &kernel {
+        kernel_line.push_str(&format!(
+            "; xdp_port_counter attached to {:?}",
+            program.interfaces()
+        ));
+    }
     let kernel = Arc::new(Mutex::new(kernel));
+    let lb_enabled = lb.is_some();
+    let lb = Arc::new(Mutex::new(lb));
     let collector: Option<Box<dyn Collector>> = Some(Box::new(KernelCollector {
         program: kernel.clone(),
+        lb: lb.clone(),
     }));
     let metrics = Arc::new(Metrics::new(
         SourceIdentity::from_gateway(&options.gateway),
@@ -104,6 +135,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         listeners: Mutex::new(Vec::new()),
         quit: quit.clone(),
         kernel: kernel_line,
+        kernel_dump: lb_enabled.then(|| {
+            let lb = lb.clone();
+            KernelDump(Arc::new(move || {
+                lock(&lb)
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, KernelManager::dump)
+            }))
+        }),
     });
 
     let status_listener = TcpListener::bind(options.status_addr)
@@ -116,10 +155,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let status_task = tokio::spawn(admin::serve_status(status_listener, state.clone()));
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, admin.clone()));
 
-    // The kernel does not steer nodePorts yet, so every listener also binds its nodePort.
-    let steering = false;
-    let mut listeners = Listeners::new(ctx.clone(), options.drain_timeout, steering);
-    listeners.apply(&ctx.snapshot.load_full(), true).await?;
+    let mut listeners = Listeners::new(ctx.clone(), options.drain_timeout);
+    apply_snapshot(&lb, &mut listeners, &ctx.snapshot.load_full(), true).await?;
+    let reaper = lb_enabled.then(|| spawn_reaper(lb.clone()));
     admin.listeners_update(listeners.info());
     state.set(State::Live);
     info!(
@@ -136,7 +174,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(()) = reload_rx.recv() => {
-                reload(&ctx, &options, &pipeline_options, &mut listeners).await;
+                reload(&ctx, &options, &pipeline_options, &mut listeners, &lb).await;
                 admin.listeners_update(listeners.info());
             }
             _ = sigterm.recv() => { info!("SIGTERM: draining"); break; }
@@ -154,6 +192,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     admin_task.abort();
     status_task.abort();
+    if let Some((stop, handle)) = reaper {
+        drop(stop);
+        let _ = handle.join();
+    }
+    if lock(&lb).take().is_some() {
+        info!(
+            pins = %options.pin_root.display(),
+            "kernel path stays attached (pinned) for established flows; `ingressd cleanup` removes it"
+        );
+    }
     // Detach the XDP program before exiting.
     if let Some(program) = kernel
         .lock()
@@ -201,6 +249,7 @@ async fn reload(
     options: &RunOptions,
     pipeline_options: &Options,
     listeners: &mut Listeners,
+    lb: &SharedManager,
 ) {
     match build(&options.config_dir, pipeline_options).await {
         Ok(Ok(snapshot)) => {
@@ -208,8 +257,8 @@ async fn reload(
             ctx.snapshot.store(snapshot.clone());
             ctx.balancer
                 .retain(|name| snapshot.clusters.contains_key(name));
-            if let Err(error) = listeners.apply(&snapshot, false).await {
-                error!("applying listeners: {error:#}");
+            if let Err(error) = apply_snapshot(lb, listeners, &snapshot, false).await {
+                error!("applying the snapshot: {error:#}");
             }
             ctx.metrics.config_reload(true);
             info!(
@@ -232,12 +281,167 @@ async fn reload(
     }
 }
 
-/// `--kernel`: load and attach, or explain why not.
-fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgram>> {
-    let attach = || -> anyhow::Result<PortCounterProgram> {
-        if options.interfaces.is_empty() {
-            bail!("no --interfaces given to attach to");
+/// The kernel manager, shared by the reload loop, the reaper, the admin
+/// API and the metrics collector.
+type SharedManager = Arc<Mutex<Option<KernelManager>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `--kernel` for the forwarding and steering path: load (or adopt) and
+/// attach, or say why not. `off` removes whatever an earlier run pinned.
+fn setup_lb(options: &RunOptions) -> anyhow::Result<Option<KernelManager>> {
+    let kernel_options = KernelOptions {
+        pin_root: options.pin_root.clone(),
+        interfaces: options.interfaces.clone(),
+        xdp: options.xdp,
+    };
+    let started = match options.kernel {
+        KernelMode::Off => {
+            match kernel_manager::cleanup(&options.pin_root) {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => info!(?removed, "--kernel off: removed the pinned kernel path"),
+                Err(error) => warn!(
+                    "--kernel off: removing {}: {}",
+                    options.pin_root.display(),
+                    crate::kernel::chain(&error)
+                ),
+            }
+            info!("kernel path off (--kernel off): serving in userspace only");
+            return Ok(None);
         }
+        KernelMode::On => KernelManager::start(&kernel_options)
+            .map_err(anyhow::Error::new)
+            .context("--kernel on: setting up the kernel path")?,
+        KernelMode::Auto => match KernelManager::start(&kernel_options) {
+            Ok(manager) => manager,
+            Err(error) => {
+                warn!(
+                    "kernel path unavailable, serving everything in userspace: {}",
+                    crate::kernel::chain(&error)
+                );
+                return Ok(None);
+            }
+        },
+    };
+    for hook in started.hooks() {
+        info!(
+            interface = %hook.name,
+            ifindex = hook.ifindex,
+            snat = %hook.address,
+            driver = hook.driver.as_deref().unwrap_or("unknown"),
+            link = hook.link,
+            "hook {}: {}", hook.hook, hook.reason
+        );
+    }
+    info!(
+        pins = %options.pin_root.display(),
+        adopted = started.adopted(),
+        "kernel path ready: tc_ingress forwards TCP services, sk_lookup_steer steers HTTP nodePorts"
+    );
+    Ok(Some(started))
+}
+
+/// One snapshot swap for the kernel path and the listeners: plan, bind
+/// (without the nodePorts the kernel takes), register steered sockets,
+/// write the plan's diff.
+async fn apply_snapshot(
+    lb: &SharedManager,
+    listeners: &mut Listeners,
+    snapshot: &Arc<Snapshot>,
+    initial: bool,
+) -> anyhow::Result<()> {
+    let plan = lock(lb).as_ref().map(|m| m.plan_for(snapshot));
+    listeners.kernel_takes = plan
+        .as_ref()
+        .map(|plan| {
+            snapshot
+                .listeners
+                .iter()
+                .filter(|l| plan.kernel_takes_node_port(l.port))
+                .map(|l| l.port)
+                .collect()
+        })
+        .unwrap_or_default();
+    listeners.apply(snapshot, initial).await?;
+    let Some(plan) = plan else {
+        return Ok(());
+    };
+    for note in &plan.notes {
+        info!("kernel: {note}");
+    }
+    let fds = listeners.fds();
+    let lb = lb.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let mut guard = lock(&lb);
+        let Some(manager) = guard.as_mut() else {
+            return Ok((0, Vec::new()));
+        };
+        let sockets = manager.register_sockets(&plan, &fds)?;
+        let ops = manager.apply(&plan)?;
+        Ok::<_, crate::kernel::KernelError>((sockets, ops))
+    })
+    .await
+    .context("the kernel writer panicked")?;
+    match written {
+        Ok((sockets, ops)) => {
+            let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+            for op in &ops {
+                *kinds.entry(op.kind()).or_default() += 1;
+            }
+            info!(steered_sockets = sockets, ops = ?kinds, "kernel maps updated");
+            Ok(())
+        }
+        Err(error) => Err(anyhow::anyhow!(
+            "writing the kernel maps: {}",
+            crate::kernel::chain(&error)
+        )),
+    }
+}
+
+/// Reaps finished and idle conntrack entries every 10 s until the returned
+/// sender is dropped.
+fn spawn_reaper(lb: SharedManager) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("conntrack-reaper".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(10))
+            {
+                let mut guard = lock(&lb);
+                let Some(manager) = guard.as_mut() else {
+                    return;
+                };
+                match manager.reap(CONNTRACK_IDLE_TIMEOUT) {
+                    Ok(reaped) if reaped.removed > 0 => {
+                        tracing::debug!(
+                            scanned = reaped.scanned,
+                            removed = reaped.removed,
+                            "conntrack reaped"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!("reaping conntrack: {}", crate::kernel::chain(&error)),
+                }
+            }
+        })
+        .expect("spawning a thread at startup");
+    (stop, handle)
+}
+
+/// Quiet time after which a forwarded connection's entries are reaped.
+const CONNTRACK_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `--interfaces` given: also attach the XDP port counter there.
+fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgram>> {
+    if options.kernel == KernelMode::Off || options.interfaces.is_empty() {
+        return Ok(None);
+    }
+    let attach = || -> anyhow::Result<PortCounterProgram> {
         let mut program = PortCounterProgram::load()?;
         for interface in &options.interfaces {
             program.attach(interface, options.xdp_mode)?;
@@ -271,10 +475,17 @@ fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgra
 #[derive(Debug)]
 struct KernelCollector {
     program: Arc<Mutex<Option<PortCounterProgram>>>,
+    lb: SharedManager,
 }
 
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let lb_stats = lock(&self.lb).as_ref().map(KernelManager::stats);
+        match lb_stats {
+            Some(Ok(stats)) => crate::stats::encode_kernel_stats(&mut encoder, &stats)?,
+            Some(Err(error)) => warn!("{}", crate::kernel::chain(&error)),
+            None => {}
+        }
         let guard = self
             .program
             .lock()
@@ -384,13 +595,18 @@ struct ListenerKey {
     name: String,
     address: IpAddr,
     port: u16,
+    /// The nodePort to bind in userspace.
     node_port: Option<u16>,
+    /// The nodePort the kernel steers or forwards instead.
+    kernel_node_port: Option<u16>,
     http: bool,
 }
 
 struct ListenerTask {
     key: ListenerKey,
     addresses: Vec<SocketAddr>,
+    /// The listener-port socket, for `STEER_SOCKETS`; valid while the task runs.
+    fd: RawFd,
     stop: watch::Sender<bool>,
     task: JoinHandle<Drain>,
 }
@@ -446,21 +662,27 @@ impl Drop for ConnGuard {
 struct Listeners {
     ctx: Arc<Context>,
     drain_timeout: Duration,
-    /// When the kernel steers nodePorts, they are not bound in userspace.
-    kernel_steers_node_ports: bool,
+    /// Bind ports of listeners whose nodePort the kernel steers or
+    /// forwards: not bound in userspace.
+    kernel_takes: BTreeSet<u16>,
     tasks: BTreeMap<u16, ListenerTask>,
     draining: Vec<JoinHandle<()>>,
 }
 
 impl Listeners {
-    fn new(ctx: Arc<Context>, drain_timeout: Duration, kernel_steers_node_ports: bool) -> Self {
+    fn new(ctx: Arc<Context>, drain_timeout: Duration) -> Self {
         Self {
             ctx,
             drain_timeout,
-            kernel_steers_node_ports,
+            kernel_takes: BTreeSet::new(),
             tasks: BTreeMap::new(),
             draining: Vec::new(),
         }
+    }
+
+    /// The listener-port socket of every bound listener, by bind port.
+    fn fds(&self) -> BTreeMap<u16, RawFd> {
+        self.tasks.iter().map(|(port, t)| (*port, t.fd)).collect()
     }
 
     fn info(&self) -> Vec<ListenerInfo> {
@@ -481,13 +703,16 @@ impl Listeners {
             .listeners
             .iter()
             .map(|l| {
+                let node_port = l.node_port.filter(|&n| n != l.port);
+                let kernel = self.kernel_takes.contains(&l.port);
                 (
                     l.port,
                     ListenerKey {
                         name: l.name.clone(),
                         address: l.address,
                         port: l.port,
-                        node_port: l.node_port.filter(|&n| n != l.port),
+                        node_port: node_port.filter(|_| !kernel),
+                        kernel_node_port: node_port.filter(|_| kernel),
                         http: matches!(l.kind, ListenerKind::Http(_)),
                     },
                 )
@@ -529,29 +754,33 @@ impl Listeners {
     async fn start(&self, key: ListenerKey) -> anyhow::Result<ListenerTask> {
         let primary = bind(key.address, key.port)
             .with_context(|| format!("binding listener {}", key.name))?;
+        let fd = primary.as_raw_fd();
         let mut sockets = vec![primary];
-        match key.node_port {
-            // A nodePort is served on every address of the node.
-            Some(node_port) if !self.kernel_steers_node_ports => {
-                match bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port) {
-                    Ok(socket) => sockets.push(socket),
-                    Err(error) => warn!(
-                        listener = %key.name,
-                        node_port,
-                        "nodePort not served: {error:#}"
-                    ),
-                }
+        // A nodePort is served on every address of the node.
+        if let Some(node_port) = key.node_port {
+            match bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port) {
+                Ok(socket) => sockets.push(socket),
+                Err(error) => warn!(
+                    listener = %key.name,
+                    node_port,
+                    "nodePort not served: {error:#}"
+                ),
             }
-            _ => {}
         }
         let addresses: Vec<SocketAddr> =
             sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
         let protocol = if key.http { "HTTP" } else { "TCP" };
-        match key.node_port {
-            Some(node_port) if addresses.len() > 1 => info!(
+        match (key.node_port, key.kernel_node_port) {
+            (Some(node_port), _) if addresses.len() > 1 => info!(
                 listener = %key.name,
-                "serving {protocol} on {} and nodePort {node_port} (kernel does not steer nodePorts)",
+                "serving {protocol} on {} and nodePort {node_port} (the kernel does not take this nodePort)",
                 addresses[0]
+            ),
+            (_, Some(node_port)) => info!(
+                listener = %key.name,
+                "serving {protocol} on {}; nodePort {node_port} is {} in the kernel",
+                addresses[0],
+                if key.http { "steered to this socket (sk_lookup)" } else { "forwarded (tc)" }
             ),
             _ => info!(listener = %key.name, "serving {protocol} on {}", addresses[0]),
         }
@@ -572,6 +801,7 @@ impl Listeners {
         Ok(ListenerTask {
             key,
             addresses,
+            fd,
             stop: stop_tx,
             task,
         })

@@ -65,6 +65,15 @@ pub fn config_dump(snapshot: &Snapshot) -> Value {
     })
 }
 
+/// Appends the kernel's live state (an `ingressd.KernelDump` object, read
+/// from the maps by the kernel manager) to a `/config_dump` document.
+pub fn with_kernel(mut dump: Value, kernel: Value) -> Value {
+    if let Some(configs) = dump.get_mut("configs").and_then(Value::as_array_mut) {
+        configs.push(kernel);
+    }
+    dump
+}
+
 fn listener(l: &Listener) -> Value {
     let filter = match &l.kind {
         ListenerKind::Http(rc) => json!({

@@ -4,7 +4,9 @@
 //! proxy (`RouteConfig::select_virtual_host`, `VirtualHost::select_route`),
 //! so its answer cannot disagree with the data path. The answer is one JSON
 //! object: `listener`, `route_config`, `virtual_host`, `route`, `cluster`,
-//! `endpoints`, and `error` when the request would not reach a backend.
+//! `endpoints`, and `error` when the request would not reach a backend;
+//! for a steered nodePort or a TCP port forwarded in the kernel also
+//! `kernel` (see `kernel_plan::explain_port`).
 
 use http::HeaderMap;
 use serde::Serialize;
@@ -68,6 +70,16 @@ pub fn explain(snapshot: &Snapshot, query: &Query) -> Value {
         serde_json::to_value(query).unwrap_or(Value::Null),
     );
     let error = explain_into(snapshot, query, &mut out);
+    // The kernel path of a nodePort or forwarded TCP port, from the plan of
+    // this same snapshot (ids as a fresh daemon would assign them).
+    let plan = crate::kernel_plan::plan(
+        snapshot,
+        &crate::kernel_plan::Ids::default(),
+        crate::kernel_plan::Limits::default(),
+    );
+    if let Some(kernel) = crate::kernel_plan::explain_port(&plan, query.port) {
+        out.insert("kernel".into(), kernel);
+    }
     out.insert(
         "error".into(),
         serde_json::to_value(error).unwrap_or(Value::Null),

@@ -11,7 +11,7 @@
 //!   consumers: proxy (userspace data path), kernel (BPF maps), explain, dump
 //! ```
 //!
-//! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `explain`,
+//! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `kernel_plan`, `explain`,
 //! `dump` and `pipeline` are pure: no tokio, hyper or aya.
 
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod diag;
 pub mod dump;
 pub mod explain;
 pub mod kernel;
+pub mod kernel_plan;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;

@@ -1,5 +1,6 @@
 //! `ingressd`: the command line. `run` starts the daemon; `check`, `explain`
-//! and `dump` run the same config pipeline offline.
+//! and `dump` run the same config pipeline offline; `cleanup` removes the
+//! kernel path's pinned programs, links and maps.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ingress_userspace::daemon::{self, KernelMode, RunOptions};
 use ingress_userspace::kernel::AttachMode;
+use ingress_userspace::kernel::manager::{self as kernel_manager, DEFAULT_PIN_ROOT, XdpMode};
 use ingress_userspace::pipeline::{self, Options, Outcome};
 use ingress_userspace::proxy::access_log::{AccessLog, AccessLogFormat};
 use ingress_userspace::snapshot::GatewayIdentity;
@@ -35,6 +37,15 @@ enum Command {
     Explain(ExplainArgs),
     /// Print the /config_dump JSON of the config, offline.
     Dump(ConfigArgs),
+    /// Detach and remove every program, link and map pinned under the pin root.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+struct CleanupArgs {
+    /// Directory on bpffs where the kernel path pins its programs, links and maps.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    bpffs_root: PathBuf,
 }
 
 /// The config and the gateway workload it is compiled for.
@@ -90,6 +101,16 @@ enum KernelArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpArg {
+    /// Native XDP where it pays off (physical NICs), TC elsewhere.
+    Auto,
+    /// Require native XDP forwarding (an error today: TC is the only forwarding hook).
+    On,
+    /// TC (tcx) only.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpModeArg {
     /// Generic XDP (works everywhere; keeps GSO on veth).
     Skb,
@@ -117,12 +138,20 @@ struct RunArgs {
     /// Use the eBPF kernel path: `auto` falls back to userspace when it cannot load.
     #[arg(long, value_enum, default_value = "auto")]
     kernel: KernelArg,
-    /// Interfaces to attach the XDP program to.
+    /// Interfaces to attach the kernel programs to (default: every UP
+    /// non-loopback interface with an IPv4 address). Also where the XDP port
+    /// counter goes when given.
     #[arg(long, value_delimiter = ',', value_name = "IF,...")]
     interfaces: Vec<String>,
-    /// XDP attach mode.
+    /// Forwarding hook choice per interface.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp: XdpArg,
+    /// XDP attach mode of the port counter.
     #[arg(long, value_enum, default_value = "skb")]
     xdp_mode: XdpModeArg,
+    /// Directory on bpffs where the kernel path pins its programs, links and maps.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    bpffs_root: PathBuf,
     /// Envoy-style admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
@@ -227,6 +256,7 @@ fn main() -> ExitCode {
             };
             print_json(&explain::explain(&snapshot, &query))
         }
+        Command::Cleanup(args) => cleanup(&args),
         Command::Dump(args) => {
             let outcome = pipeline::build_from_dir(&args.config, &args.options());
             let Some(snapshot) = usable(outcome) else {
@@ -257,6 +287,26 @@ fn print_json(value: &serde_json::Value) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: encoding JSON: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cleanup(args: &CleanupArgs) -> ExitCode {
+    match kernel_manager::cleanup(&args.bpffs_root) {
+        Ok(removed) if removed.is_empty() => {
+            println!("nothing pinned under {}", args.bpffs_root.display());
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for path in &removed {
+                println!("removed {path}");
+            }
+            println!("{} pin(s) and directories removed", removed.len());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", ingress_userspace::kernel::chain(&error));
             ExitCode::FAILURE
         }
     }
@@ -296,6 +346,12 @@ fn run(args: RunArgs) -> ExitCode {
             KernelArg::Off => KernelMode::Off,
         },
         interfaces: args.interfaces,
+        xdp: match args.xdp {
+            XdpArg::Auto => XdpMode::Auto,
+            XdpArg::On => XdpMode::On,
+            XdpArg::Off => XdpMode::Off,
+        },
+        pin_root: args.bpffs_root,
         xdp_mode: match args.xdp_mode {
             XdpModeArg::Skb => AttachMode::Skb,
             XdpModeArg::Drv => AttachMode::Driver,
@@ -423,5 +479,19 @@ mod tests {
             Cli::try_parse_from(["ingressd", "run", "--config", "d", "--kernel", "maybe"]).is_err()
         );
         Cli::try_parse_from(["ingressd", "dump", "--config", "d"]).unwrap();
+        Cli::try_parse_from(["ingressd", "cleanup"]).unwrap();
+        Cli::try_parse_from(["ingressd", "cleanup", "--bpffs-root", "/sys/fs/bpf/x"]).unwrap();
+        Cli::try_parse_from([
+            "ingressd",
+            "run",
+            "--config",
+            "d",
+            "--xdp",
+            "off",
+            "--bpffs-root",
+            "/sys/fs/bpf/t",
+        ])
+        .unwrap();
+        assert!(Cli::try_parse_from(["ingressd", "run", "--config", "d", "--xdp", "drv"]).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Observability of the data path: Istio-named Prometheus metrics, Envoy-like
-//! `/stats` counters, process basics and the kernel's packet counters.
+//! `/stats` counters, process basics and the kernel's packet, service,
+//! backend and steering counters.
 //!
 //! The proxy records into [`Metrics`]; the admin server renders it. Metric
 //! names and labels are the ones an Istio ingress gateway reports
@@ -448,6 +449,85 @@ impl ProcessStat {
     }
 }
 
+/// The in-kernel path's counters at one scrape, read from its maps by the
+/// kernel manager and rendered here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// `LB_REASONS`: packets by verdict reason (every reason, zeros too).
+    pub reasons: Vec<(&'static str, u64)>,
+    /// `STEER_STATS`: steering lookups by reason.
+    pub steering: Vec<(&'static str, u64)>,
+    pub services: Vec<KernelTraffic>,
+    pub backends: Vec<KernelTraffic>,
+}
+
+/// Packets, bytes and new connections of one service or backend, with the
+/// two label values that name it (`listener`/`port` or `cluster`/`backend`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelTraffic {
+    pub labels: [(&'static str, String); 2],
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// Writes the kernel metrics: `ingressd_kernel_packets_total{reason}`,
+/// `ingressd_kernel_steering_total{reason}`,
+/// `ingressd_kernel_service_{packets,bytes,connections}_total{listener,port}`
+/// and `ingressd_kernel_backend_{packets,bytes,connections}_total{cluster,backend}`.
+pub fn encode_kernel_stats(
+    encoder: &mut DescriptorEncoder,
+    stats: &KernelStats,
+) -> Result<(), std::fmt::Error> {
+    let counter = prometheus_client::metrics::MetricType::Counter;
+    for (name, help, rows) in [
+        (
+            "ingressd_kernel_packets",
+            "Packets seen by tc_ingress, by verdict reason",
+            &stats.reasons,
+        ),
+        (
+            "ingressd_kernel_steering",
+            "NodePort lookups handled by sk_lookup_steer, by result",
+            &stats.steering,
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let mut family = encoder.encode_descriptor(name, help, None, counter)?;
+        for (reason, value) in rows {
+            let labels = [("reason", *reason)];
+            ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    for (kind, rows) in [("service", &stats.services), ("backend", &stats.backends)] {
+        if rows.is_empty() {
+            continue;
+        }
+        for (what, pick) in [
+            (
+                "packets",
+                (|t: &KernelTraffic| t.packets) as fn(&KernelTraffic) -> u64,
+            ),
+            ("bytes", |t: &KernelTraffic| t.bytes),
+            ("connections", |t: &KernelTraffic| t.connections),
+        ] {
+            let name = format!("ingressd_kernel_{kind}_{what}");
+            let help = format!("{what} forwarded in the kernel, by {kind}");
+            let mut family = encoder.encode_descriptor(&name, &help, None, counter)?;
+            for row in rows {
+                let labels = [
+                    (row.labels[0].0, row.labels[0].1.as_str()),
+                    (row.labels[1].0, row.labels[1].1.as_str()),
+                ];
+                ConstCounter::new(pick(row)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch, for uptime displays.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -527,6 +607,55 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.ends_with(" 20"))
         );
+    }
+
+    #[derive(Debug)]
+    struct FixedKernel(KernelStats);
+
+    impl Collector for FixedKernel {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_kernel_stats(&mut encoder, &self.0)
+        }
+    }
+
+    #[test]
+    fn kernel_metrics_have_their_names_and_labels() {
+        let stats = KernelStats {
+            reasons: vec![("forwarded", 7), ("drop_no_backend", 0)],
+            steering: vec![("steered", 3)],
+            services: vec![KernelTraffic {
+                labels: [("listener", "0.0.0.0_3306".into()), ("port", "3306".into())],
+                packets: 10,
+                bytes: 1000,
+                connections: 2,
+            }],
+            backends: vec![KernelTraffic {
+                labels: [
+                    (
+                        "cluster",
+                        "outbound|3306||mysql.default.svc.cluster.local".into(),
+                    ),
+                    ("backend", "198.18.1.20:3306".into()),
+                ],
+                packets: 10,
+                bytes: 1000,
+                connections: 2,
+            }],
+        };
+        let m = Metrics::new(
+            SourceIdentity::from_gateway(&GatewayIdentity::default()),
+            Some(Box::new(FixedKernel(stats))),
+        );
+        let text = m.prometheus_text().unwrap();
+        for line in [
+            "ingressd_kernel_packets_total{reason=\"forwarded\"} 7",
+            "ingressd_kernel_packets_total{reason=\"drop_no_backend\"} 0",
+            "ingressd_kernel_steering_total{reason=\"steered\"} 3",
+            "ingressd_kernel_service_bytes_total{listener=\"0.0.0.0_3306\",port=\"3306\"} 1000",
+            "ingressd_kernel_backend_connections_total{cluster=\"outbound|3306||mysql.default.svc.cluster.local\",backend=\"198.18.1.20:3306\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 
     #[test]

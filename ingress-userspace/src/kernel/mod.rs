@@ -1,9 +1,15 @@
-//! Kernel stage: loading the eBPF object, attaching its programs and reading
-//! their counters.
+//! Kernel stage: loading the eBPF object, attaching its programs, writing
+//! the plan into its maps and reading their counters.
 //!
-//! For now the object holds one program, `xdp_port_counter`, which counts
-//! packets by destination port and passes every packet. Dropping a
-//! [`PortCounterProgram`] detaches it from every interface.
+//! - [`manager`]: the forwarding and steering path (`tc_ingress`,
+//!   `sk_lookup_steer`): load or adopt pins, attach, apply plan diffs,
+//!   reap conntrack, `cleanup`.
+//! - [`maps`]: typed handles on the `LB_*`/`STEER_*` maps.
+//! - [`PortCounterProgram`] (here): `xdp_port_counter`, which counts packets
+//!   by destination port and passes every packet. Dropping it detaches it.
+
+pub mod manager;
+pub mod maps;
 
 use std::fmt;
 
@@ -48,8 +54,40 @@ pub enum KernelError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    /// Reading a map failed.
-    #[error("reading map {map}")]
+    /// Pinning to bpffs failed.
+    #[error("pinning {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A link could not be converted or pinned.
+    #[error("{what}")]
+    Link {
+        what: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// bpffs is missing and could not be mounted, or the pin root is elsewhere.
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    /// The interfaces to attach to could not be found.
+    #[error("interfaces: {0}")]
+    Interfaces(String),
+    /// `--xdp on` without an XDP forwarding program.
+    #[error(
+        "--xdp on: no XDP forwarding program is implemented; TC (tcx) is the only forwarding hook (use --xdp auto or off)"
+    )]
+    XdpUnavailable,
+    /// A filesystem operation on the pins failed.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing a map failed.
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
