@@ -40,6 +40,14 @@ impl Topology {
         let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), "--config".as_ref()];
         args.push(config.as_os_str());
         args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        // Each topology pins its kernel state in a directory of its own, so
+        // daemons of tests running in parallel never adopt each other's maps;
+        // dropping the topology removes it.
+        let pin_root = self.pin_root();
+        if !extra.contains(&"--bpffs-root") {
+            args.push("--bpffs-root".as_ref());
+            args.push(pin_root.as_os_str());
+        }
         let daemon = self.spawn(Ns::Node, "ingressd", bin, args)?;
         self.wait_ready(&daemon, READY_TIMEOUT)?;
         Ok(daemon)

@@ -116,6 +116,9 @@ impl TopologyBuilder {
             for name in &names {
                 remove_netns(name);
             }
+            // A killed earlier run may have left its daemon's pins behind.
+            let _ =
+                std::fs::remove_dir_all(Path::new(TEST_PIN_ROOT).join(&names[Ns::Node.index()]));
         }
         let (log_dir, tmp) = match self.log_dir {
             Some(dir) => {
@@ -169,6 +172,12 @@ impl Topology {
     /// The name of a namespace (as in `ip netns list`).
     pub fn name(&self, ns: Ns) -> &str {
         &self.names[ns.index()]
+    }
+
+    /// Where a daemon started in this topology pins its programs, links and
+    /// maps: `/sys/fs/bpf/ingressd-tests/<node namespace>`.
+    pub fn pin_root(&self) -> PathBuf {
+        Path::new(TEST_PIN_ROOT).join(self.name(Ns::Node))
     }
 
     /// Where process logs go.
@@ -348,6 +357,9 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.kill_all();
+        // Unpinning the links detaches the programs; the maps go with the
+        // last reference.
+        let _ = std::fs::remove_dir_all(self.pin_root());
         let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
         for name in created.iter().rev() {
             remove_netns(name);
@@ -355,23 +367,38 @@ impl Drop for Topology {
     }
 }
 
+/// Parent of the per-topology pin directories (see [`Topology::pin_root`]).
+pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/ingressd-tests";
+
 /// Deletes `ingd-<pid>-...` namespaces whose test process is gone (killed before its
 /// `Drop` ran, e.g. by a timeout), so they do not pile up across runs.
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("ingd-")
+    let stale = |name: &str| {
+        name.strip_prefix("ingd-")
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            .is_some_and(|pid| {
+                pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+            })
+    };
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if stale(&name) {
             remove_netns(&name);
+        }
+    }
+    // Pins of daemons whose test process died with them.
+    for entry in std::fs::read_dir(TEST_PIN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if stale(&entry.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
