@@ -8,16 +8,18 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::proc::run_ok;
+use crate::bins::ingressd_bin;
+use crate::proc::{run_bounded, run_ok};
 
 /// The environment variable that selects the kernel mode.
 pub const KERNEL_VAR: &str = "INGRESSD_TEST_KERNEL";
-/// Where the daemon pins its programs, links and maps (issue 3).
+/// Where the daemon pins its programs, links and maps by default (issue 3).
 pub const PIN_DIR: &str = "/sys/fs/bpf/ingressd";
 /// The node namespace's interfaces (client side, pods side), see [`crate::topology`].
 pub const NODE_INTERFACES: [&str; 2] = ["cl0", "pd0"];
@@ -72,16 +74,6 @@ pub fn kernel_mode() -> KernelMode {
         Ok("auto") => KernelMode::Auto,
         Ok(other) => panic!("{KERNEL_VAR}={other:?}: expected off, on or auto"),
     }
-}
-
-/// Serialises the daemons that use the kernel path within one test binary: their
-/// pins live at one fixed path ([`PIN_DIR`]), so two at once would adopt or remove
-/// each other's state. Daemons with `--kernel off` do not need it.
-pub fn kernel_lock(mode: KernelMode) -> Option<MutexGuard<'static, ()>> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    // A poisoned lock only means an earlier test failed while holding it.
-    mode.uses_kernel()
-        .then(|| LOCK.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The eBPF objects a running process holds open, by kernel id (from
@@ -151,11 +143,112 @@ impl BpfIds {
     }
 }
 
-/// Every entry under [`PIN_DIR`] (recursive); empty when it does not exist.
-pub fn pins() -> Result<Vec<String>> {
-    let mut pins = Vec::new();
-    list_pins(Path::new(PIN_DIR), &mut pins)?;
-    Ok(pins)
+/// The bpffs directory one test's daemon pins under, and its claim on it.
+///
+/// A daemon that takes `--bpffs-root` gets a directory of its own
+/// (`/sys/fs/bpf/ingressd-test-<pid>-<n>`), so tests never share pinned state with
+/// each other or with anything else on the machine. An older daemon pins under the
+/// fixed [`PIN_DIR`], where two daemons would adopt each other's state or (`--kernel
+/// off`) remove it; then a kernel-path daemon holds a lock that keeps every other
+/// daemon of this test binary from running at the same time.
+///
+/// When the daemon used the kernel path, dropping this runs `ingressd cleanup` for the
+/// directory (bounded) and removes it, so a test run leaves no program, link or map
+/// behind, also when it fails.
+pub struct PinRoot {
+    path: PathBuf,
+    own: bool,
+    mode: KernelMode,
+    _guard: Guard,
+}
+
+/// Held for a daemon's lifetime; see [`PinRoot`].
+enum Guard {
+    Shared(#[expect(dead_code, reason = "held, not read")] RwLockReadGuard<'static, ()>),
+    Exclusive(#[expect(dead_code, reason = "held, not read")] RwLockWriteGuard<'static, ()>),
+}
+
+impl PinRoot {
+    /// The pin directory for a daemon in `mode` (waits for the lock if it needs it).
+    pub fn new(mode: KernelMode) -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        static LOCK: RwLock<()> = RwLock::new(());
+        let own = daemon_takes_bpffs_root()?;
+        // A poisoned lock only means an earlier test failed while holding it.
+        let guard = if mode.uses_kernel() && !own {
+            Guard::Exclusive(LOCK.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Guard::Shared(LOCK.read().unwrap_or_else(|e| e.into_inner()))
+        };
+        let path = if own {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            PathBuf::from(format!(
+                "/sys/fs/bpf/ingressd-test-{}-{n}",
+                std::process::id()
+            ))
+        } else {
+            PathBuf::from(PIN_DIR)
+        };
+        Ok(Self {
+            path,
+            own,
+            mode,
+            _guard: guard,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `--bpffs-root DIR` for `ingressd run` and `ingressd cleanup` (nothing for a
+    /// daemon without the option).
+    pub fn args(&self) -> Vec<String> {
+        if self.own {
+            vec!["--bpffs-root".to_owned(), self.path.display().to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Every entry under the directory (recursive); empty when it does not exist.
+    pub fn pins(&self) -> Result<Vec<String>> {
+        let mut pins = Vec::new();
+        list_pins(&self.path, &mut pins)?;
+        Ok(pins)
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        if !self.mode.uses_kernel() {
+            return;
+        }
+        if let Ok(bin) = ingressd_bin() {
+            let _ = run_bounded(
+                Command::new(bin).arg("cleanup").args(self.args()),
+                Duration::from_secs(30),
+            );
+        }
+        if self.own {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Whether `ingressd run` has `--bpffs-root` (asked once per test binary).
+fn daemon_takes_bpffs_root() -> Result<bool> {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    if let Some(answer) = ANSWER.get() {
+        return Ok(*answer);
+    }
+    let out = run_ok(
+        Command::new(ingressd_bin()?).args(["run", "--help"]),
+        Duration::from_secs(30),
+    )?;
+    let answer = String::from_utf8_lossy(&out.stdout).contains("--bpffs-root");
+    Ok(*ANSWER.get_or_init(|| answer))
 }
 
 fn bpftool(args: &[&str]) -> Result<Vec<serde_json::Value>> {

@@ -10,14 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ingressd_tests::config::{COUNTER_HOST, ConfigDir, SeedConfig, service_with_endpoints};
 use ingressd_tests::fixture::{COUNTER_A, COUNTER_PORT};
-use ingressd_tests::kernel::{BpfIds, kernel_lock, pins};
+use ingressd_tests::kernel::{BpfIds, PinRoot};
 use ingressd_tests::mariadb::{self, MariaDb, Session, Target};
 use ingressd_tests::tcp::send_and_half_close;
 use ingressd_tests::topology::NODE_PODS_ADDR;
@@ -52,7 +51,8 @@ struct Backends {
 }
 
 /// Topology, backends, config and a running daemon. Fields drop in order: the daemon
-/// first, the namespaces after the processes in them, the kernel lock last.
+/// first, the namespaces after the processes in them, the pin directory (cleaned up
+/// when the kernel path was used) last.
 struct Gateway {
     daemon: Proc,
     mode: KernelMode,
@@ -60,7 +60,7 @@ struct Gateway {
     dbs: Vec<MariaDb>,
     config: ConfigDir,
     topo: Topology,
-    _kernel: Option<MutexGuard<'static, ()>>,
+    pins: PinRoot,
 }
 
 impl Gateway {
@@ -70,7 +70,7 @@ impl Gateway {
     }
 
     fn start_in(mode: KernelMode, backends: Backends) -> Result<Self> {
-        let kernel = kernel_lock(mode);
+        let pins = PinRoot::new(mode)?;
         let topo = Topology::builder()
             .pod_addrs(MYSQL.into_iter().chain(ECHO).chain([COUNTER_A]))
             .build()?;
@@ -107,7 +107,7 @@ impl Gateway {
                 &tcp_virtual_service(backends.route),
             )?;
         }
-        let daemon = start_daemon(&topo, &config, mode)?;
+        let daemon = start_daemon(&topo, &config, mode, &pins)?;
         Ok(Self {
             daemon,
             mode,
@@ -115,7 +115,7 @@ impl Gateway {
             dbs,
             config,
             topo,
-            _kernel: kernel,
+            pins,
         })
     }
 
@@ -174,9 +174,16 @@ impl Gateway {
     }
 }
 
-/// `ingressd run --config DIR --kernel <mode> [--interfaces ...] --access-log-format json`.
-fn start_daemon(topo: &Topology, config: &ConfigDir, mode: KernelMode) -> Result<Proc> {
+/// `ingressd run --config DIR --kernel <mode> [--interfaces ...] [--bpffs-root DIR]
+/// --access-log-format json`.
+fn start_daemon(
+    topo: &Topology,
+    config: &ConfigDir,
+    mode: KernelMode,
+    pins: &PinRoot,
+) -> Result<Proc> {
     let mut args = mode.daemon_args();
+    args.extend(pins.args());
     args.extend(["--access-log-format".to_owned(), "json".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     topo.start_ingressd(config.path(), &args)
@@ -388,76 +395,72 @@ fn concurrent_mariadb_sessions_each_write_their_own_rows() {
     .unwrap();
 
     // Eight sessions open at the same time, half through each port.
-    let mut sessions: Vec<(usize, u16, Session)> = std::thread::scope(|s| {
+    let mut sessions: Vec<(usize, u16, Session, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..SESSIONS)
             .map(|i| {
                 let gw = &gw;
                 s.spawn(move || {
                     let port = PORTS[i % 2];
-                    (i, port, gw.session(port).unwrap())
+                    let mut session = gw.session(port).unwrap();
+                    let conn = session.query_value("SELECT CONNECTION_ID()").unwrap();
+                    (i, port, session, conn)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let open = gw.dbs[0]
-        .admin_query(&format!(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{}'",
-            mariadb::USER
-        ))
-        .unwrap();
-    assert_eq!(open, [[SESSIONS.to_string()]], "sessions open at once");
+    let conns: BTreeSet<String> = sessions.iter().map(|(.., conn)| conn.clone()).collect();
+    assert_eq!(
+        conns.len(),
+        SESSIONS,
+        "one connection per session: {conns:?}"
+    );
+    let on_server: BTreeSet<String> = gw.dbs[0]
+        .admin_query("SELECT ID FROM information_schema.PROCESSLIST")
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        conns.is_subset(&on_server),
+        "not all sessions are open on the server at once: sessions {conns:?}, server {on_server:?}"
+    );
 
     // Each writes its rows in several statements, interleaved with the others.
     let started = Instant::now();
-    let conns: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = sessions
-            .iter_mut()
-            .map(|(i, port, session)| {
-                s.spawn(move || {
-                    let conn = session.query_value("SELECT CONNECTION_ID()").unwrap();
-                    for batch in 0..BATCHES {
-                        let values: Vec<String> = (0..ROWS_PER_BATCH)
-                            .map(|k| {
-                                let n = batch * ROWS_PER_BATCH + k;
-                                format!("({i}, {n}, {port}, CONNECTION_ID())")
-                            })
-                            .collect();
-                        session
-                            .query(&format!(
-                                "INSERT INTO ledger (session, n, via, conn) VALUES {}",
-                                values.join(", ")
-                            ))
-                            .unwrap_or_else(|e| panic!("session {i}, batch {batch}: {e:#}"));
-                    }
-                    let mine = session
-                        .query_value(&format!("SELECT COUNT(*) FROM ledger WHERE session = {i}"))
-                        .unwrap();
-                    assert_eq!(mine, (BATCHES * ROWS_PER_BATCH).to_string(), "session {i}");
-                    // Still the same connection: nothing reconnected underneath.
-                    assert_eq!(
-                        session.query_value("SELECT CONNECTION_ID()").unwrap(),
-                        conn,
-                        "session {i}"
-                    );
-                    conn
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    std::thread::scope(|s| {
+        for (i, port, session, conn) in &mut sessions {
+            s.spawn(move || {
+                for batch in 0..BATCHES {
+                    let values: Vec<String> = (0..ROWS_PER_BATCH)
+                        .map(|k| {
+                            let n = batch * ROWS_PER_BATCH + k;
+                            format!("({i}, {n}, {port}, CONNECTION_ID())")
+                        })
+                        .collect();
+                    session
+                        .query(&format!(
+                            "INSERT INTO ledger (session, n, via, conn) VALUES {}",
+                            values.join(", ")
+                        ))
+                        .unwrap_or_else(|e| panic!("session {i}, batch {batch}: {e:#}"));
+                }
+                let mine = session
+                    .query_value(&format!("SELECT COUNT(*) FROM ledger WHERE session = {i}"))
+                    .unwrap();
+                assert_eq!(mine, (BATCHES * ROWS_PER_BATCH).to_string(), "session {i}");
+                // Still the same connection: nothing reconnected underneath.
+                let still = session.query_value("SELECT CONNECTION_ID()").unwrap();
+                assert_eq!(&still, conn, "session {i}");
+            });
+        }
     });
     eprintln!(
         "{SESSIONS} sessions wrote {} rows in {:?}",
         SESSIONS * BATCHES * ROWS_PER_BATCH,
         started.elapsed()
     );
-    let distinct: BTreeSet<&String> = conns.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        SESSIONS,
-        "one connection per session: {conns:?}"
-    );
-    for (_, _, session) in sessions {
+    for (.., session, _) in sessions {
         session.close().unwrap();
     }
 
@@ -698,13 +701,13 @@ fn kill_9_keeps_kernel_flows_and_forwarding_then_restart_adopts_them() {
             );
         }
         assert!(
-            !pins().unwrap().is_empty(),
+            !gw.pins.pins().unwrap().is_empty(),
             "nothing pinned under the pin directory"
         );
         std::thread::sleep(Duration::from_millis(500));
 
         // Restarted, it adopts the pinned state without disturbing the flows.
-        let daemon = start_daemon(topo, &gw.config, KernelMode::On).unwrap();
+        let daemon = start_daemon(topo, &gw.config, KernelMode::On, &gw.pins).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
         (arrivals.join().unwrap(), daemon)
@@ -746,11 +749,11 @@ fn kill_9_keeps_kernel_flows_and_forwarding_then_restart_adopts_them() {
 
 /// Waits (bounded) until none of `ids` is loaded and nothing is pinned; the kernel frees
 /// unpinned, unreferenced objects asynchronously.
-fn wait_until_gone(ids: &BpfIds, after: &str) -> Result<()> {
+fn wait_until_gone(ids: &BpfIds, pins: &PinRoot, after: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = ids.still_loaded()?;
-        let pinned = pins()?;
+        let pinned = pins.pins()?;
         if left.is_empty() && pinned.is_empty() {
             return Ok(());
         }
@@ -791,16 +794,19 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
     );
     gw.daemon.signal(libc::SIGKILL).unwrap();
     gw.daemon.wait_timeout(Duration::from_secs(5)).unwrap();
-    assert!(!pins().unwrap().is_empty(), "nothing pinned after kill -9");
-    gw.daemon = start_daemon(&gw.topo, &gw.config, KernelMode::Off).unwrap();
-    wait_until_gone(&ids, "ingressd run --kernel off").unwrap();
+    assert!(
+        !gw.pins.pins().unwrap().is_empty(),
+        "nothing pinned after kill -9"
+    );
+    gw.daemon = start_daemon(&gw.topo, &gw.config, KernelMode::Off, &gw.pins).unwrap();
+    wait_until_gone(&ids, &gw.pins, "ingressd run --kernel off").unwrap();
     // It serves the route in userspace instead.
     assert_eq!(echo(30306).unwrap(), "echo-a");
     gw.daemon.stop(Duration::from_secs(10));
 
     // 2. Killed again, then `ingressd cleanup` removes everything, and a second run
     //    finds nothing to do.
-    gw.daemon = start_daemon(&gw.topo, &gw.config, KernelMode::On).unwrap();
+    gw.daemon = start_daemon(&gw.topo, &gw.config, KernelMode::On, &gw.pins).unwrap();
     let ids = BpfIds::of_process(gw.daemon.pid()).unwrap();
     assert!(!ids.programs.is_empty());
     gw.daemon.signal(libc::SIGKILL).unwrap();
@@ -809,7 +815,12 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
     for run in 1..=2 {
         let out = gw
             .topo
-            .exec(Ns::Node, &bin, ["cleanup"], Duration::from_secs(30))
+            .exec(
+                Ns::Node,
+                &bin,
+                ["cleanup".to_owned()].into_iter().chain(gw.pins.args()),
+                Duration::from_secs(30),
+            )
             .unwrap();
         assert!(
             out.status.success(),
@@ -817,7 +828,7 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        wait_until_gone(&ids, &format!("ingressd cleanup (run {run})")).unwrap();
+        wait_until_gone(&ids, &gw.pins, &format!("ingressd cleanup (run {run})")).unwrap();
     }
 }
 
