@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,8 @@ use ingressd_tests::mariadb::{self, MariaDb, Session, Target};
 use ingressd_tests::tcp::send_and_half_close;
 use ingressd_tests::topology::NODE_PODS_ADDR;
 use ingressd_tests::{
-    KernelMode, Ns, Proc, Topology, ingressd_bin, kernel_mode, node, node_url, require_root, sock,
+    KernelMode, Ns, Proc, Topology, ingressd_bin, kernel_mode, node, node_url, require_root,
+    run_bounded, sock,
 };
 
 /// The MariaDB servers, `mysql-a` (server id 1, behind Service `mysql`) and `mysql-b`
@@ -813,15 +815,16 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
     gw.daemon.wait_timeout(Duration::from_secs(5)).unwrap();
     let bin = ingressd_bin().unwrap();
     for run in 1..=2 {
-        let out = gw
-            .topo
-            .exec(
-                Ns::Node,
-                &bin,
-                ["cleanup".to_owned()].into_iter().chain(gw.pins.args()),
-                Duration::from_secs(30),
-            )
-            .unwrap();
+        // Like the daemon, through `nsenter --net`: `ip netns exec` would remount /sys
+        // and hide the pins, and cleanup would succeed with nothing to do.
+        let mut cleanup = Command::new("nsenter");
+        cleanup
+            .arg(format!("--net=/run/netns/{}", gw.topo.name(Ns::Node)))
+            .arg("--")
+            .arg(&bin)
+            .arg("cleanup")
+            .args(gw.pins.args());
+        let out = run_bounded(&mut cleanup, Duration::from_secs(30)).unwrap();
         assert!(
             out.status.success(),
             "ingressd cleanup (run {run}) failed: {}{}",
