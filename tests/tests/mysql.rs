@@ -3,10 +3,10 @@
 //! MariaDB servers (and TCP echo servers) in the pods namespace.
 //!
 //! The daemon runs with `--kernel $INGRESSD_TEST_KERNEL` (default `off`): the same
-//! tests check the userspace TCP proxy today and the in-kernel forwarding of issue 3
-//! later. Tests that only mean something with the kernel path (daemon killed while
-//! flows continue, `ingressd cleanup`, NodePort steering) force `--kernel on` and are
-//! ignored until that path lands; run them with `cargo test --test mysql -- --ignored`.
+//! tests check the userspace TCP proxy and, with `on` (`cargo xtask test` runs this
+//! file a second time that way), the in-kernel forwarding. Tests that only mean
+//! something with the kernel path (daemon killed while flows continue, `ingressd
+//! cleanup`, NodePort steering) force `--kernel on` whatever the variable says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -630,11 +630,7 @@ fn route_change_moves_new_connections_while_open_sessions_stay() {
 
 // ---- Tests of the in-kernel TCP path (issue 3): `--kernel on` whatever the env says.
 
-/// Why the kernel-path tests are ignored for now.
-const NEEDS_KERNEL_PATH: &str = "needs the in-kernel TCP path (issue 3)";
-
 #[test]
-#[ignore = "needs the in-kernel TCP path (issue 3)"]
 fn kill_9_keeps_kernel_flows_and_forwarding_then_restart_adopts_them() {
     if !require_root("kill_9_keeps_kernel_flows_and_forwarding_then_restart_adopts_them") {
         return;
@@ -654,7 +650,7 @@ fn kill_9_keeps_kernel_flows_and_forwarding_then_restart_adopts_them() {
     let before = BpfIds::of_process(gw.daemon.pid()).unwrap();
     assert!(
         !before.programs.is_empty(),
-        "{NEEDS_KERNEL_PATH}: the daemon holds no program"
+        "with --kernel on the daemon holds no eBPF program"
     );
 
     // New connections keep arriving (bounded: at most 100, 50 ms apart) while the
@@ -767,7 +763,6 @@ fn wait_until_gone(ids: &BpfIds, pins: &PinRoot, after: &str) -> Result<()> {
 }
 
 #[test]
-#[ignore = "needs the in-kernel TCP path (issue 3)"]
 fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
     if !require_root("cleanup_and_kernel_off_leave_no_program_link_or_pin") {
         return;
@@ -792,7 +787,7 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
     let ids = BpfIds::of_process(gw.daemon.pid()).unwrap();
     assert!(
         !ids.programs.is_empty(),
-        "{NEEDS_KERNEL_PATH}: the daemon holds no program"
+        "with --kernel on the daemon holds no eBPF program"
     );
     gw.daemon.signal(libc::SIGKILL).unwrap();
     gw.daemon.wait_timeout(Duration::from_secs(5)).unwrap();
@@ -836,7 +831,6 @@ fn cleanup_and_kernel_off_leave_no_program_link_or_pin() {
 }
 
 #[test]
-#[ignore = "needs the in-kernel TCP path (issue 3)"]
 fn http_node_port_is_steered_to_the_listener_with_the_client_address() {
     if !require_root("http_node_port_is_steered_to_the_listener_with_the_client_address") {
         return;

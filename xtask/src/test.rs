@@ -39,6 +39,18 @@ pub fn run_tests(args: &[String]) -> Result<()> {
             "ingress-ebpf",
         ])
         .args(args))?;
+    // The MySQL path once more with the kernel forwarding it (the run above
+    // covers the userspace TCP proxy). Only when the full suite ran.
+    if root && args.is_empty() {
+        run(cargo().env(ingressd_tests::kernel::KERNEL_VAR, "on").args([
+            "test",
+            "--no-fail-fast",
+            "--package",
+            "ingressd-tests",
+            "--test",
+            "mysql",
+        ]))?;
+    }
     if !root {
         println!();
         println!("==================================================================");
