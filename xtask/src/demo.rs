@@ -7,7 +7,7 @@
 //!                                                                     198.18.1.20:3306 mysql (tcp echo)
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ingressd_tests::config::{COUNTER_HOST, ConfigDir, SeedConfig, self_signed_cert};
-use ingressd_tests::tcp::send_and_half_close;
+use ingressd_tests::mariadb::{self, MariaDb, Target};
 use ingressd_tests::{Ns, Proc, Topology, sock};
 
 use crate::setup;
@@ -69,16 +69,9 @@ pub fn run_demo(once: bool) -> Result<()> {
         backends.push(topo.start_backend_with(&testapp, "counter", sock(addr, 8080), name)?);
         println!("   backend {name} on {addr}:8080 (pods ns)");
     }
-    // No MariaDB yet: a TCP echo server stands in for it behind the mysql route.
-    backends.push(topo.start_backend_with(
-        &testapp,
-        "tcp-echo",
-        sock(MYSQL, 3306),
-        "mysql-echo",
-    )?);
-    println!(
-        "   backend mysql-echo on {MYSQL}:3306 (pods ns; a TCP echo server standing in for MariaDB)"
-    );
+    // A real MariaDB (installed by `cargo xtask setup`) behind the mysql route.
+    let database = MariaDb::start(&topo, "mariadb", MYSQL, 1)?;
+    println!("   backend mariadb on {MYSQL}:3306 (pods ns; database lab, user lab)");
 
     let config = ConfigDir::at(demo_dir.join("config"))?;
     // The seed's HTTPS server, with a self-signed certificate so the file paths exist.
@@ -136,6 +129,7 @@ pub fn run_demo(once: bool) -> Result<()> {
         None => println!("   ingressd: could not collect its exit status"),
     }
     drop(backends);
+    drop(database);
     drop(topo);
     println!("   namespaces removed");
     outcome?;
@@ -147,8 +141,81 @@ pub fn run_demo(once: bool) -> Result<()> {
     Ok(())
 }
 
+/// One line per attachment, frontend, backend and steered port of the
+/// daemon's kernel dump.
+fn print_kernel_dump(k: &serde_json::Value) {
+    let list = |key: &str| k[key].as_array().cloned().unwrap_or_default();
+    for hook in list("hooks") {
+        println!(
+            "   {} ({}, ifindex {}, {}): tc_ingress via {} [{}]; {}",
+            text(&hook["interface"]),
+            text(&hook["driver"]),
+            text(&hook["ifindex"]),
+            text(&hook["address"]),
+            text(&hook["hook"]),
+            text(&hook["link"]),
+            text(&hook["reason"]),
+        );
+    }
+    println!(
+        "   netns: sk_lookup_steer [{}]",
+        text(&k["sk_lookup"]["netns_link"])
+    );
+    for f in list("frontends") {
+        println!(
+            "   frontend {} -> service {} (Maglev table {})",
+            text(&f["frontend"]),
+            text(&f["service_id"]),
+            text(&f["table"])
+        );
+    }
+    for b in list("backends") {
+        println!(
+            "   backend {} = {} ({})",
+            text(&b["id"]),
+            text(&b["address"]),
+            text(&b["cluster"])
+        );
+    }
+    for st in list("steering") {
+        println!(
+            "   steering: nodePort {} -> listener {} (socket slot {})",
+            text(&st["node_port"]),
+            text(&st["listener"]),
+            text(&st["slot"])
+        );
+    }
+    println!(
+        "   conntrack entries: {}; pins under {}",
+        text(&k["conntrack_entries"]),
+        text(&k["pin_root"])
+    );
+}
+
 /// Prints the kernel path's non-zero counters.
 fn print_kernel_counters(topo: &Topology) -> Result<()> {
+    println!("\n== kernel: what is attached where (from /config_dump, like `bpftool net`)");
+    let dump = topo.exec(
+        Ns::Node,
+        "curl",
+        [
+            "-s",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:15000/config_dump",
+        ],
+        Duration::from_secs(10),
+    )?;
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap_or_default();
+    let kernel = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["@type"] == "ingressd.KernelDump");
+    match kernel {
+        None => println!("   (the kernel path is not active; see the daemon log above)"),
+        Some(k) => print_kernel_dump(k),
+    }
     println!("\n== kernel: what tc_ingress and sk_lookup_steer did (non-zero counters)");
     let out = topo.exec(
         Ns::Node,
@@ -237,21 +304,21 @@ fn send_requests(topo: &Topology, ingressd: &Path, config: &Path) -> Result<bool
         );
     }
 
-    // The mysql port: TCP straight through, no HTTP.
-    let addr: SocketAddr = sock(Ipv4Addr::new(198, 18, 0, 1), 30306);
-    println!("\n$ (TCP) send a line to {addr} from the client namespace, then half-close");
-    let tcp = topo
-        .connect(Ns::Client, addr, Duration::from_secs(5))
-        .and_then(|s| {
-            send_and_half_close(
-                s,
-                b"hello mysql port\n".to_vec(),
-                Duration::from_secs(5),
-                1 << 16,
-            )
-        });
-    match tcp {
-        Ok(got) => print_indented(&String::from_utf8_lossy(&got)),
+    // The mysql port: the real client, TCP straight through the kernel (or the
+    // userspace proxy where eBPF cannot load).
+    let gateway = Target::new(sock(Ipv4Addr::new(198, 18, 0, 1), 30306));
+    let sql = "CREATE TABLE IF NOT EXISTS visits (n INT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP DEFAULT NOW()); \
+               INSERT INTO visits () VALUES (); \
+               SELECT CONCAT('visits: ', COUNT(*), ', server: ', @@hostname, ' ', @@version) FROM visits";
+    println!(
+        "\n$ ip netns exec {PREFIX}-client mariadb -h 198.18.0.1 -P 30306 -u lab -p... lab -e \"{sql}\""
+    );
+    match mariadb::query(topo, Ns::Client, gateway, sql) {
+        Ok(rows) => {
+            for row in rows {
+                println!("   {}", row.join(" "));
+            }
+        }
         Err(e) => println!("   failed: {e:#}"),
     }
     print_route(ingressd, config, &["--port", "3306", "--protocol", "tcp"]);
@@ -329,6 +396,13 @@ fn print_next_steps(ingressd: &Path, config: &Path, daemon: &Proc) {
         format!(
             "ip netns exec {PREFIX}-client curl -si -H 'Host: {COUNTER_HOST}' http://198.18.0.1:30080/"
         ),
+        format!(
+            "ip netns exec {PREFIX}-client mariadb -h 198.18.0.1 -P 30306 -u {} -p{} {} -e 'SELECT * FROM visits'",
+            mariadb::USER,
+            mariadb::PASSWORD,
+            mariadb::DATABASE
+        ),
+        "bpftool link show   # the tcx and netns links ingressd pinned".to_owned(),
         format!(
             "ip netns exec {PREFIX}-client curl -si -H 'Host: {UNKNOWN_HOST}' http://198.18.0.1:30080/"
         ),
