@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
     // environment concurrently. aya-build adds `-Z build-std=core` when it
     // sees RUSTC_BOOTSTRAP=1 in its own environment.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build relays every line the inner cargo prints as a build warning;
+    // keep it to real diagnostics.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = Path::new(&manifest_dir).join("../ingress-ebpf");
     let ebpf_dir = ebpf_dir

@@ -3,13 +3,28 @@
 //! Configuration flows one way through the modules of this crate:
 //!
 //! ```text
-//! wire (YAML -> typed k8s/Istio objects)
-//!   -> model (validated, parsed: errors name file, resource, field)
-//!     -> compile (Istio binding/precedence rules -> one immutable Snapshot)
-//!       -> { proxy (L7 userspace data path), kernel (BPF maps), explain, dump }
+//! wire      YAML files -> typed Kubernetes/Istio objects (unknown fields: warnings)
+//! model     -> validated, parsed resources (errors name file, resource, field)
+//! analyze   -> warnings about configs that are valid but will not do what was meant
+//! compile   -> Istio's binding and precedence rules -> one immutable Snapshot
+//! snapshot  the compiled config, and request -> virtual host -> route selection
+//!   consumers: proxy (userspace data path), kernel (BPF maps), explain, dump
 //! ```
 //!
-//! `wire`, `model`, `compile`, `snapshot`, `explain` and `dump` are pure: no
-//! tokio, hyper or aya.
+//! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `explain`,
+//! `dump` and `pipeline` are pure: no tokio, hyper or aya.
 
+pub mod admin;
+pub mod analyze;
+pub mod compile;
+pub mod daemon;
+pub mod diag;
+pub mod dump;
+pub mod explain;
 pub mod kernel;
+pub mod model;
+pub mod pipeline;
+pub mod proxy;
+pub mod snapshot;
+pub mod stats;
+pub mod wire;

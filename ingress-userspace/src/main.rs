@@ -1,3 +1,418 @@
-fn main() {
-    println!("{}", ingress_userspace::kernel::object().len());
+//! `ingressd`: the command line. `run` starts the daemon; `check`, `explain`
+//! and `dump` run the same config pipeline offline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ingress_userspace::daemon::{self, KernelMode, RunOptions};
+use ingress_userspace::kernel::AttachMode;
+use ingress_userspace::pipeline::{self, Options, Outcome};
+use ingress_userspace::proxy::access_log::{AccessLog, AccessLogFormat};
+use ingress_userspace::snapshot::GatewayIdentity;
+use ingress_userspace::{dump, explain};
+
+/// An Envoy-free, eBPF-accelerated Istio ingress gateway.
+#[derive(Debug, Parser)]
+#[command(name = "ingressd", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the config in DIR (watched; changes apply live).
+    Run(RunArgs),
+    /// Validate and analyze the config; exit 1 on errors.
+    Check(ConfigArgs),
+    /// Print, as JSON, where one request would go.
+    Explain(ExplainArgs),
+    /// Print the /config_dump JSON of the config, offline.
+    Dump(ConfigArgs),
+}
+
+/// The config and the gateway workload it is compiled for.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively).
+    #[arg(long, value_name = "DIR")]
+    config: PathBuf,
+    /// Namespace of the gateway workload.
+    #[arg(long, default_value = "istio-system", value_name = "NS")]
+    gateway_namespace: String,
+    /// Labels of the gateway workload, `k=v,k2=v2`.
+    #[arg(long, default_value = "istio=ingressgateway", value_parser = parse_labels, value_name = "LABELS")]
+    gateway_labels: Labels,
+}
+
+impl ConfigArgs {
+    fn options(&self) -> Options {
+        Options {
+            gateway: GatewayIdentity {
+                namespace: self.gateway_namespace.clone(),
+                labels: self.gateway_labels.0.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Labels(BTreeMap<String, String>);
+
+fn parse_labels(value: &str) -> Result<Labels, String> {
+    let mut labels = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, val) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not key=value"))?;
+        if key.is_empty() {
+            return Err(format!("`{pair}` has an empty key"));
+        }
+        labels.insert(key.to_owned(), val.to_owned());
+    }
+    if labels.is_empty() {
+        return Err("at least one key=value label is needed".to_owned());
+    }
+    Ok(Labels(labels))
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KernelArg {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    /// Generic XDP (works everywhere; keeps GSO on veth).
+    Skb,
+    /// Native driver XDP.
+    Drv,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccessLogArg {
+    Text,
+    Json,
+    Off,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Use the eBPF kernel path: `auto` falls back to userspace when it cannot load.
+    #[arg(long, value_enum, default_value = "auto")]
+    kernel: KernelArg,
+    /// Interfaces to attach the XDP program to.
+    #[arg(long, value_delimiter = ',', value_name = "IF,...")]
+    interfaces: Vec<String>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value = "skb")]
+    xdp_mode: XdpModeArg,
+    /// Envoy-style admin API.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Istio status port (`/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    status_addr: SocketAddr,
+    /// How long in-flight requests may take to finish on shutdown (`5s`, `500ms`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Format of the daemon's own log (stderr).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+    /// Format of the access log (stdout).
+    #[arg(long, value_enum, default_value = "text")]
+    access_log_format: AccessLogArg,
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Port the request arrives on (bind port, Service port or nodePort).
+    #[arg(long)]
+    port: u16,
+    #[arg(long)]
+    host: Option<String>,
+    #[arg(long)]
+    path: Option<String>,
+    #[arg(long)]
+    method: Option<String>,
+    /// The request uses TLS.
+    #[arg(long)]
+    tls: bool,
+    /// SNI of the TLS request.
+    #[arg(long, requires = "tls")]
+    sni: Option<String>,
+    #[arg(long, value_parser = ["http", "http2", "tcp"])]
+    protocol: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_parser = parse_header, value_name = "NAME: VALUE")]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(value: &str) -> Result<(String, String), String> {
+    let (name, val) = value
+        .split_once(':')
+        .ok_or_else(|| format!("`{value}` is not `name: value`"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("`{value}` has an empty header name"));
+    }
+    Ok((name.to_ascii_lowercase(), val.trim().to_owned()))
+}
+
+/// `5s`, `250ms`, `1m`, or plain seconds.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration like 5s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{value}` (use ms, s, m, h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{value}`: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(&args),
+        Command::Explain(args) => {
+            let outcome = pipeline::build_from_dir(&args.config.config, &args.config.options());
+            let Some(snapshot) = usable(outcome) else {
+                return ExitCode::FAILURE;
+            };
+            let query = explain::Query {
+                port: args.port,
+                host: args.host,
+                path: args.path,
+                method: args.method,
+                protocol: args.protocol,
+                tls: args.tls,
+                sni: args.sni,
+                headers: args.headers,
+            };
+            print_json(&explain::explain(&snapshot, &query))
+        }
+        Command::Dump(args) => {
+            let outcome = pipeline::build_from_dir(&args.config, &args.options());
+            let Some(snapshot) = usable(outcome) else {
+                return ExitCode::FAILURE;
+            };
+            print_json(&dump::config_dump(&snapshot))
+        }
+    }
+}
+
+/// The snapshot of an offline run, or the errors on stderr.
+fn usable(outcome: Outcome) -> Option<ingress_userspace::snapshot::Snapshot> {
+    if outcome.snapshot.is_none() || outcome.diagnostics.has_errors() {
+        for diagnostic in outcome.diagnostics.errors() {
+            eprintln!("{diagnostic}");
+        }
+        eprintln!("the config has errors; run `ingressd check` for details");
+        return None;
+    }
+    outcome.snapshot
+}
+
+fn print_json(value: &serde_json::Value) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: encoding JSON: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(args: &ConfigArgs) -> ExitCode {
+    let outcome = pipeline::build_from_dir(&args.config, &args.options());
+    for diagnostic in outcome.diagnostics.iter() {
+        println!("{diagnostic}");
+    }
+    let errors = outcome.diagnostics.errors().count();
+    let warnings = outcome.diagnostics.warnings().count();
+    let failed = errors > 0 || outcome.snapshot.is_none();
+    println!(
+        "{}: {errors} error(s), {warnings} warning(s)",
+        if failed { "invalid" } else { "ok" }
+    );
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let options = RunOptions {
+        config_dir: args.config.config.clone(),
+        gateway: args.config.options().gateway,
+        admin_addr: args.admin_addr,
+        status_addr: args.status_addr,
+        drain_timeout: args.drain_timeout,
+        kernel: match args.kernel {
+            KernelArg::Auto => KernelMode::Auto,
+            KernelArg::On => KernelMode::On,
+            KernelArg::Off => KernelMode::Off,
+        },
+        interfaces: args.interfaces,
+        xdp_mode: match args.xdp_mode {
+            XdpModeArg::Skb => AttachMode::Skb,
+            XdpModeArg::Drv => AttachMode::Driver,
+        },
+        access_log: AccessLog {
+            format: match args.access_log_format {
+                AccessLogArg::Text => AccessLogFormat::Text,
+                AccessLogArg::Json => AccessLogFormat::Json,
+                AccessLogArg::Off => AccessLogFormat::Off,
+            },
+        },
+        command_line: std::env::args().collect(),
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|runtime| runtime.block_on(daemon::run(options)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn labels() {
+        let l = parse_labels("istio=ingressgateway,app=gw").unwrap();
+        assert_eq!(l.0.len(), 2);
+        assert_eq!(l.0["app"], "gw");
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("").is_err());
+    }
+
+    #[test]
+    fn cli_contract_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        Cli::try_parse_from([
+            "ingressd",
+            "run",
+            "--config",
+            "d",
+            "--kernel",
+            "off",
+            "--interfaces",
+            "a,b",
+            "--admin-addr",
+            "127.0.0.1:15000",
+            "--status-addr",
+            "0.0.0.0:15021",
+            "--gateway-namespace",
+            "istio-system",
+            "--gateway-labels",
+            "istio=ingressgateway",
+            "--drain-timeout",
+            "1s",
+            "--log-format",
+            "json",
+            "--access-log-format",
+            "json",
+        ])
+        .unwrap();
+        Cli::try_parse_from([
+            "ingressd",
+            "explain",
+            "--config",
+            "d",
+            "--port",
+            "80",
+            "--host",
+            "h",
+            "--path",
+            "/",
+            "--method",
+            "GET",
+            "--tls",
+            "--sni",
+            "s",
+            "--protocol",
+            "http2",
+        ])
+        .unwrap();
+        assert!(
+            Cli::try_parse_from([
+                "ingressd", "explain", "--config", "d", "--port", "80", "--sni", "s"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["ingressd", "check", "--config", "d", "--bogus"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ingressd", "run", "--config", "d", "--kernel", "maybe"]).is_err()
+        );
+        Cli::try_parse_from(["ingressd", "dump", "--config", "d"]).unwrap();
+    }
 }

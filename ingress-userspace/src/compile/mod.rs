@@ -1,0 +1,761 @@
+//! Compile stage: the validated model -> one immutable [`Snapshot`], by
+//! Istio's rules for a gateway workload.
+//!
+//! 1. Gateways apply when their selector matches the workload's labels.
+//! 2. A server's port number is a port of the gateway Service; the listener
+//!    binds that port's targetPort and the kernel steers its nodePort.
+//! 3. Plaintext HTTP servers on one bind port share the route configuration
+//!    `http.<port>`; each VirtualService bound to a server's Gateway adds one
+//!    virtual host per host in the intersection of its hosts and the
+//!    server's (the more specific side wins); routes of several
+//!    VirtualServices for one host are appended in Istio order, a catch-all
+//!    ends the routes of its VirtualService and catch-alls sort last.
+//! 4. A TCP server takes the first `tcp[]` route (VirtualService order)
+//!    whose match passes.
+//! 5. Clusters are named `outbound|<port>|<subset>|<fqdn>`, with endpoints
+//!    from EndpointSlices (or ServiceEntry endpoints), filtered by subset.
+//!
+//! The compiler never fails: a config that cannot be served in part is
+//! reported as a warning and the rest compiles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::{
+    self, Destination, Gateway, Host, HttpAction, HttpMatch, Model, RouteDestination, Server,
+    TargetPort, VirtualService,
+};
+use crate::snapshot::{
+    Cluster, Discovery, Endpoint, ForwardAction, GatewayIdentity, HeaderMatcher, Listener,
+    ListenerKind, PathMatch, QueryParamMatcher, RedirectAction, Route, RouteAction, RouteConfig,
+    RouteMatch, RouteOrigin, ServerRef, Snapshot, StringMatcher, TcpProxy, UpstreamProtocol,
+    VirtualHost, VirtualHostIndex, WeightedCluster,
+};
+
+/// Istio's default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Compiles `model` for the gateway workload `gateway`. Warnings about
+/// parts that cannot be served go to `diagnostics`.
+pub fn compile(
+    model: &Model,
+    gateway: &GatewayIdentity,
+    diagnostics: &mut Diagnostics,
+) -> Snapshot {
+    let mut compiler = Compiler {
+        model,
+        identity: gateway,
+        diagnostics,
+        demanded: BTreeMap::new(),
+    };
+    let listeners = compiler.listeners();
+    let clusters = compiler.clusters();
+    Snapshot {
+        gateway: gateway.clone(),
+        listeners,
+        clusters,
+        diagnostics: Diagnostics::default(),
+    }
+}
+
+/// Whether a Gateway applies to the workload: its selector is a subset of
+/// the workload's labels (an empty selector selects every workload).
+pub fn gateway_applies(gateway: &Gateway, identity: &GatewayIdentity) -> bool {
+    gateway
+        .selector
+        .iter()
+        .all(|(k, v)| identity.labels.get(k) == Some(v))
+}
+
+/// The gateway Service: in the gateway namespace, with a non-empty selector
+/// that the workload's labels satisfy. The first one by name wins.
+pub fn gateway_service<'m>(
+    model: &'m Model,
+    identity: &GatewayIdentity,
+) -> Option<&'m model::Service> {
+    let mut candidates: Vec<&model::Service> = model
+        .services
+        .iter()
+        .filter(|s| s.meta.namespace == identity.namespace)
+        .filter(|s| {
+            !s.selector.is_empty()
+                && s.selector
+                    .iter()
+                    .all(|(k, v)| identity.labels.get(k) == Some(v))
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    candidates.first().copied()
+}
+
+/// Istio's intersection of a server's hosts and a VirtualService's hosts:
+/// the resulting virtual host names, in VirtualService host order. Server
+/// hosts restricted to another namespace are skipped.
+pub fn matching_hosts(server: &Server, vs: &VirtualService) -> Vec<Host> {
+    let mut out: Vec<Host> = Vec::new();
+    for vs_host in &vs.hosts {
+        // Of several overlapping server hosts, keep the most specific result.
+        let best = server
+            .hosts
+            .iter()
+            .filter(|h| h.admits_namespace(&vs.meta.namespace))
+            .filter_map(|h| Host::intersect(&h.host, vs_host))
+            .max_by_key(|h| (!h.is_wildcard(), h.as_str().len()));
+        if let Some(host) = best
+            && !out.contains(&host)
+        {
+            out.push(host);
+        }
+    }
+    out
+}
+
+/// Protocol spoken to a Service port, as Istio derives it: `appProtocol`,
+/// then the port name prefix.
+pub fn service_port_protocol(name: Option<&str>, app_protocol: Option<&str>) -> UpstreamProtocol {
+    let pick = |p: &str| -> Option<UpstreamProtocol> {
+        let p = p.to_ascii_lowercase();
+        let base = p.split('-').next().unwrap_or_default();
+        match base {
+            "http" if p.starts_with("http2") => Some(UpstreamProtocol::Http2),
+            "http" => Some(UpstreamProtocol::Http1),
+            "http2" | "grpc" | "h2c" => Some(UpstreamProtocol::Http2),
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(UpstreamProtocol::Tcp),
+            "kubernetes.io/h2c" => Some(UpstreamProtocol::Http2),
+            _ => None,
+        }
+    };
+    app_protocol
+        .and_then(pick)
+        .or_else(|| name.and_then(pick))
+        .unwrap_or(UpstreamProtocol::Tcp)
+}
+
+/// A cluster some route needs.
+#[derive(Clone, Debug)]
+struct ClusterDemand {
+    host: String,
+    port: u16,
+    subset: String,
+}
+
+struct Compiler<'a> {
+    model: &'a Model,
+    identity: &'a GatewayIdentity,
+    diagnostics: &'a mut Diagnostics,
+    demanded: BTreeMap<String, ClusterDemand>,
+}
+
+/// Servers grouped on one bind port.
+struct PortGroup<'m> {
+    bind: IpAddr,
+    port: u16,
+    service_port: u16,
+    node_port: Option<u16>,
+    http: bool,
+    servers: Vec<(&'m Gateway, &'m Server)>,
+}
+
+impl<'a> Compiler<'a> {
+    fn warn(&mut self, meta: &model::Meta, kind: &str, field: String, message: String) {
+        self.diagnostics.push(
+            Diagnostic::warning(&meta.source, message)
+                .resource(format!("{kind} {}", meta.key()))
+                .field(field),
+        );
+    }
+
+    fn listeners(&mut self) -> Vec<Listener> {
+        let model = self.model;
+        let service = gateway_service(model, self.identity);
+        let mut groups: Vec<PortGroup<'a>> = Vec::new();
+        for gateway in model
+            .gateways
+            .iter()
+            .filter(|g| gateway_applies(g, self.identity))
+        {
+            for server in &gateway.servers {
+                let field = format!("spec.servers[{}]", server.index);
+                let protocol = server.port.protocol;
+                if protocol.requires_tls() {
+                    self.warn(&gateway.meta, "gateway", field, format!(
+                        "{} servers are not served yet (TLS termination and passthrough come with TLS support); port {} is not opened",
+                        protocol.as_str(), server.port.number));
+                    continue;
+                }
+                let (port, node_port) = match service
+                    .and_then(|s| s.ports.iter().find(|p| p.port == server.port.number))
+                {
+                    Some(sp) => match &sp.target_port {
+                        TargetPort::Number(n) => (*n, sp.node_port),
+                        TargetPort::Name(name) => {
+                            self.warn(&gateway.meta, "gateway", format!("{field}.port.number"), format!(
+                                "the gateway Service port {} has a named targetPort {name:?}, which cannot be resolved without the gateway Pod; binding port {}",
+                                sp.port, server.port.number));
+                            (server.port.number, sp.node_port)
+                        }
+                    },
+                    None => (server.port.number, None),
+                };
+                let bind = server.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                let http = protocol.is_plain_http();
+                match groups.iter_mut().find(|g| g.port == port && g.bind == bind) {
+                    Some(group) if group.http && http => group.servers.push((gateway, server)),
+                    Some(group) => {
+                        let (other_gw, other) = group.servers[0];
+                        self.warn(&gateway.meta, "gateway", field, format!(
+                            "port {port} conflicts with gateway {} spec.servers[{}] ({} on the same port); this server is ignored",
+                            other_gw.meta.key(), other.index, other.port.protocol.as_str()));
+                    }
+                    None => groups.push(PortGroup {
+                        bind,
+                        port,
+                        service_port: server.port.number,
+                        node_port,
+                        http,
+                        servers: vec![(gateway, server)],
+                    }),
+                }
+            }
+        }
+        groups.sort_by_key(|g| (g.port, g.bind));
+        let mut listeners = Vec::new();
+        for group in groups {
+            let servers = group
+                .servers
+                .iter()
+                .map(|(g, s)| ServerRef {
+                    gateway: g.meta.key(),
+                    index: s.index,
+                    port_name: s.port.name.clone(),
+                })
+                .collect();
+            let kind = if group.http {
+                ListenerKind::Http(self.route_config(&group))
+            } else {
+                match self.tcp_proxy(&group) {
+                    Some(proxy) => ListenerKind::Tcp(Some(proxy)),
+                    None => {
+                        let (gateway, server) = group.servers[0];
+                        self.warn(&gateway.meta, "gateway", format!("spec.servers[{}]", server.index), format!(
+                            "no VirtualService tcp route matches this TCP server; port {} is not opened (as Istio omits the listener)",
+                            group.port));
+                        continue;
+                    }
+                }
+            };
+            listeners.push(Listener {
+                name: format!("{}_{}", group.bind, group.port),
+                address: group.bind,
+                port: group.port,
+                service_port: group.service_port,
+                node_port: group.node_port,
+                servers,
+                kind,
+            });
+        }
+        listeners
+    }
+
+    fn route_config(&mut self, group: &PortGroup<'a>) -> RouteConfig {
+        let model = self.model;
+        let name = match group.bind {
+            IpAddr::V4(ip) if ip.is_unspecified() => format!("http.{}", group.port),
+            bind => format!("http.{}.{bind}", group.port),
+        };
+        // hostname -> vhost, in creation order; sorted by name at the end.
+        let mut vhosts: Vec<VirtualHost> = Vec::new();
+        let mut by_host: HashMap<String, usize> = HashMap::new();
+        for &(gateway, server) in &group.servers {
+            let gateway_name = gateway.meta.key();
+            let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
+            for vs in model
+                .virtual_services
+                .iter()
+                .filter(|vs| vs.binds_to(&gateway_name))
+            {
+                let hosts = matching_hosts(server, vs);
+                if hosts.is_empty() {
+                    continue;
+                }
+                let routes = self.http_routes(vs, server.port.number, &gateway_name);
+                for host in hosts {
+                    let i = vhost_for(&mut vhosts, &mut by_host, host.as_str(), server.port.number);
+                    let vhost = &mut vhosts[i];
+                    vhost.routes.extend(routes.iter().cloned());
+                    vhost.require_tls |= redirect;
+                }
+            }
+            // Every host of an httpsRedirect server redirects, even the ones
+            // no VirtualService covers.
+            if redirect {
+                for server_host in &server.hosts {
+                    let i = vhost_for(
+                        &mut vhosts,
+                        &mut by_host,
+                        server_host.host.as_str(),
+                        server.port.number,
+                    );
+                    vhosts[i].require_tls = true;
+                }
+            }
+        }
+        if vhosts.is_empty() {
+            // No VirtualService binds to any server of this port: every
+            // request answers 404 (Envoy's NR on an empty route list).
+            vhosts.push(VirtualHost {
+                name: format!("blackhole:{}", group.service_port),
+                domains: vec!["*".to_owned()],
+                routes: Vec::new(),
+                require_tls: false,
+            });
+        }
+        for vhost in &mut vhosts {
+            // Istio's SortVHostRoutes: catch-alls last, otherwise stable.
+            let routes = std::mem::take(&mut vhost.routes);
+            let (catch_all, specific): (Vec<Route>, Vec<Route>) =
+                routes.into_iter().partition(is_catch_all_route);
+            vhost.routes = specific.into_iter().chain(catch_all).collect();
+        }
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        let index = VirtualHostIndex::build(&vhosts);
+        RouteConfig {
+            name,
+            virtual_hosts: vhosts,
+            index,
+        }
+    }
+
+    /// The Envoy routes of one VirtualService for one gateway server, as
+    /// Istio's `BuildHTTPRoutesForVirtualService`.
+    fn http_routes(
+        &mut self,
+        vs: &VirtualService,
+        server_port: u16,
+        gateway_name: &str,
+    ) -> Vec<Route> {
+        let mut out = Vec::new();
+        for route in &vs.http {
+            let mut catch_all = false;
+            if route.matches.is_empty() {
+                if let Some(r) = self.translate_route(vs, route, None, server_port) {
+                    out.push(r);
+                }
+                catch_all = true;
+            } else {
+                for m in &route.matches {
+                    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == gateway_name) {
+                        continue;
+                    }
+                    if m.port.is_some_and(|p| p != server_port) {
+                        continue;
+                    }
+                    if m.has_source_conditions {
+                        continue;
+                    }
+                    if let Some(r) = self.translate_route(vs, route, Some(m), server_port) {
+                        out.push(r);
+                        if m.is_catch_all() {
+                            catch_all = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            if catch_all {
+                break;
+            }
+        }
+        out
+    }
+
+    fn translate_route(
+        &mut self,
+        vs: &VirtualService,
+        route: &model::HttpRoute,
+        m: Option<&HttpMatch>,
+        server_port: u16,
+    ) -> Option<Route> {
+        let field = match m {
+            Some(m) => format!("spec.http[{}].match[{}]", route.index, m.index),
+            None => format!("spec.http[{}]", route.index),
+        };
+        let action = match &route.action {
+            HttpAction::Route(destinations) => {
+                let clusters = self.weighted_clusters(destinations, server_port);
+                if clusters.is_empty() {
+                    return None;
+                }
+                RouteAction::Forward(ForwardAction {
+                    clusters,
+                    timeout: route.timeout,
+                    prefix_rewrite: route.rewrite.as_ref().and_then(|r| r.uri.clone()),
+                    host_rewrite: route.rewrite.as_ref().and_then(|r| r.authority.clone()),
+                })
+            }
+            HttpAction::Redirect(r) => RouteAction::Redirect(RedirectAction {
+                status: r.code,
+                scheme: r.scheme.clone(),
+                authority: r.authority.clone(),
+                port: r.port,
+                path: r.uri.clone(),
+            }),
+            HttpAction::DirectResponse { status, body } => RouteAction::DirectResponse {
+                status: *status,
+                body: body.clone(),
+            },
+            HttpAction::Delegate { name, namespace } => {
+                self.warn(&vs.meta, "virtualservice", format!("spec.http[{}].delegate", route.index), format!(
+                    "delegation to {namespace}/{name} is not supported yet; this route is left out"));
+                return None;
+            }
+        };
+        let mut name = route.name.clone();
+        if let Some(m) = m.filter(|m| !m.name.is_empty()) {
+            name = format!("{name}.{}", m.name);
+        }
+        Some(Route {
+            name,
+            matcher: m.map(route_match).unwrap_or_default(),
+            action,
+            origin: Some(RouteOrigin {
+                virtual_service: vs.meta.key(),
+                field,
+            }),
+        })
+    }
+
+    fn weighted_clusters(
+        &mut self,
+        destinations: &[RouteDestination],
+        listener_port: u16,
+    ) -> Vec<WeightedCluster> {
+        destinations
+            .iter()
+            .filter(|d| d.weight > 0)
+            .map(|d| WeightedCluster {
+                name: self.demand_cluster(&d.destination, listener_port),
+                weight: d.weight,
+            })
+            .collect()
+    }
+
+    /// Istio's `GetDestinationCluster`: the destination's port, else the
+    /// Service's only port, else the listener's port.
+    fn demand_cluster(&mut self, destination: &Destination, listener_port: u16) -> String {
+        let port = destination.port.unwrap_or_else(|| {
+            let ports = self.service_ports(&destination.host);
+            if ports.len() == 1 {
+                ports[0]
+            } else {
+                listener_port
+            }
+        });
+        let subset = destination.subset.clone().unwrap_or_default();
+        let name = format!("outbound|{port}|{subset}|{}", destination.host);
+        self.demanded.entry(name.clone()).or_insert(ClusterDemand {
+            host: destination.host.clone(),
+            port,
+            subset,
+        });
+        name
+    }
+
+    fn service_ports(&self, host: &str) -> Vec<u16> {
+        if let Some(service) = self.model.services.iter().find(|s| s.fqdn() == host) {
+            return service.ports.iter().map(|p| p.port).collect();
+        }
+        if let Some(se) = self
+            .model
+            .service_entries
+            .iter()
+            .find(|se| se.hosts.iter().any(|h| h.as_str() == host))
+        {
+            return se.ports.iter().map(|p| p.number).collect();
+        }
+        Vec::new()
+    }
+
+    fn tcp_proxy(&mut self, group: &PortGroup<'a>) -> Option<TcpProxy> {
+        let model = self.model;
+        let (gateway, server) = group.servers[0];
+        let gateway_name = gateway.meta.key();
+        for vs in model
+            .virtual_services
+            .iter()
+            .filter(|vs| vs.binds_to(&gateway_name))
+        {
+            if matching_hosts(server, vs).is_empty() {
+                continue;
+            }
+            for route in &vs.tcp {
+                let matched = route.matches.is_empty()
+                    || route.matches.iter().any(|m| {
+                        m.port.is_none_or(|p| p == server.port.number)
+                            && (m.gateways.is_empty() || m.gateways.contains(&gateway_name))
+                    });
+                if !matched {
+                    continue;
+                }
+                let clusters = self.weighted_clusters(&route.destinations, server.port.number);
+                if clusters.is_empty() {
+                    continue;
+                }
+                let stat_prefix = if clusters.len() == 1 {
+                    clusters[0].name.clone()
+                } else {
+                    format!("{}.tcp", vs.meta.key())
+                };
+                return Some(TcpProxy {
+                    clusters,
+                    stat_prefix,
+                    origin: RouteOrigin {
+                        virtual_service: vs.meta.key(),
+                        field: format!("spec.tcp[{}]", route.index),
+                    },
+                });
+            }
+        }
+        None
+    }
+
+    /// Builds every demanded cluster that has a Service or ServiceEntry
+    /// behind it. A cluster that cannot be built is absent: requests routed
+    /// to it answer 503 (no cluster), as in Envoy.
+    fn clusters(&mut self) -> BTreeMap<String, Arc<Cluster>> {
+        let model = self.model;
+        let mut out = BTreeMap::new();
+        for (name, demand) in std::mem::take(&mut self.demanded) {
+            let cluster =
+                if let Some(service) = model.services.iter().find(|s| s.fqdn() == demand.host) {
+                    self.service_cluster(&name, &demand, service)
+                } else if let Some(se) = model
+                    .service_entries
+                    .iter()
+                    .find(|se| se.hosts.iter().any(|h| h.as_str() == demand.host))
+                {
+                    self.service_entry_cluster(&name, &demand, se)
+                } else {
+                    None
+                };
+            if let Some(cluster) = cluster {
+                out.insert(name, Arc::new(cluster));
+            }
+        }
+        out
+    }
+
+    /// The subset's labels, or `None` when the subset is not defined (the
+    /// cluster then does not exist). The empty subset has no labels.
+    fn subset_labels(&self, demand: &ClusterDemand) -> Option<BTreeMap<String, String>> {
+        if demand.subset.is_empty() {
+            return Some(BTreeMap::new());
+        }
+        // The first DestinationRule for the host that defines the subset wins.
+        self.model
+            .destination_rules
+            .iter()
+            .filter(|dr| dr.host.as_str() == demand.host)
+            .flat_map(|dr| dr.subsets.iter())
+            .find(|s| s.name == demand.subset)
+            .map(|s| s.labels.clone())
+    }
+
+    fn service_cluster(
+        &mut self,
+        name: &str,
+        demand: &ClusterDemand,
+        service: &model::Service,
+    ) -> Option<Cluster> {
+        let port = service.ports.iter().find(|p| p.port == demand.port)?;
+        let labels = self.subset_labels(demand)?;
+        let mut endpoints = Vec::new();
+        let slices = self.model.endpoint_slices.iter().filter(|s| {
+            s.meta.namespace == service.meta.namespace && s.service == service.meta.name
+        });
+        for slice in slices {
+            // Slice ports carry the Service port's name (unnamed for a lone unnamed port).
+            let Some(&(_, target)) = slice.ports.iter().find(|(n, _)| *n == port.name) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                // Not ready and not serving: not an endpoint at all. Serving
+                // but terminating: kept, draining (no new connections).
+                if !ep.ready && !ep.serving {
+                    continue;
+                }
+                for &address in &ep.addresses {
+                    let pod = self.pod_for(&slice.meta.namespace, ep.pod.as_deref(), address);
+                    if !labels
+                        .iter()
+                        .all(|(k, v)| pod.is_some_and(|p| p.meta.labels.get(k) == Some(v)))
+                    {
+                        continue;
+                    }
+                    endpoints.push(Endpoint {
+                        address: SocketAddr::new(address, target),
+                        serving: ep.ready,
+                        target: pod.map(|p| p.meta.key()).or_else(|| {
+                            ep.pod
+                                .as_ref()
+                                .map(|name| format!("{}/{name}", slice.meta.namespace))
+                        }),
+                    });
+                }
+            }
+        }
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        Some(Cluster {
+            name: name.to_owned(),
+            host: demand.host.clone(),
+            port: demand.port,
+            subset: demand.subset.clone(),
+            discovery: Discovery::Service {
+                namespace: service.meta.namespace.clone(),
+                name: service.meta.name.clone(),
+            },
+            endpoints,
+            protocol: service_port_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+
+    fn pod_for(
+        &self,
+        namespace: &str,
+        name: Option<&str>,
+        address: IpAddr,
+    ) -> Option<&'a model::Pod> {
+        let model = self.model;
+        let in_ns = model.pods.iter().filter(|p| p.meta.namespace == namespace);
+        match name {
+            Some(name) => in_ns.clone().find(|p| p.meta.name == name),
+            None => None,
+        }
+        .or_else(|| in_ns.clone().find(|p| p.ips.contains(&address)))
+    }
+
+    fn service_entry_cluster(
+        &mut self,
+        name: &str,
+        demand: &ClusterDemand,
+        se: &model::ServiceEntry,
+    ) -> Option<Cluster> {
+        let port = se.ports.iter().find(|p| p.number == demand.port)?;
+        let labels = self.subset_labels(demand)?;
+        let mut endpoints: Vec<Endpoint> = se
+            .endpoints
+            .iter()
+            .filter(|ep| labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+            .map(|ep| {
+                let target = ep
+                    .ports
+                    .get(&port.name)
+                    .copied()
+                    .or(port.target_port)
+                    .unwrap_or(port.number);
+                Endpoint {
+                    address: SocketAddr::new(ep.address, target),
+                    serving: true,
+                    target: None,
+                }
+            })
+            .collect();
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        Some(Cluster {
+            name: name.to_owned(),
+            host: demand.host.clone(),
+            port: demand.port,
+            subset: demand.subset.clone(),
+            discovery: Discovery::ServiceEntry {
+                namespace: se.meta.namespace.clone(),
+                name: se.meta.name.clone(),
+            },
+            endpoints,
+            protocol: service_port_protocol(Some(&port.name), port.protocol.as_deref()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+}
+
+/// The index of the virtual host for `host`, created empty when new.
+/// Istio names it `<host>:<server port>`; its only domain is the host
+/// (the route configuration ignores the port in `Host`).
+fn vhost_for(
+    vhosts: &mut Vec<VirtualHost>,
+    by_host: &mut HashMap<String, usize>,
+    host: &str,
+    server_port: u16,
+) -> usize {
+    *by_host.entry(host.to_owned()).or_insert_with(|| {
+        vhosts.push(VirtualHost {
+            name: format!("{host}:{server_port}"),
+            domains: vec![host.to_owned()],
+            routes: Vec::new(),
+            require_tls: false,
+        });
+        vhosts.len() - 1
+    })
+}
+
+/// Envoy route match for an Istio match: method, authority and scheme
+/// become pseudo-header matchers, as Istio translates them.
+fn route_match(m: &HttpMatch) -> RouteMatch {
+    let path = match &m.uri {
+        None => PathMatch::default(),
+        Some(StringMatcher::Exact(s)) => PathMatch::Exact(s.clone()),
+        Some(StringMatcher::Prefix(s)) => PathMatch::Prefix(s.clone()),
+        Some(StringMatcher::Regex(p)) => PathMatch::Regex(p.clone()),
+        Some(StringMatcher::Present) => PathMatch::default(),
+    };
+    let mut headers = Vec::new();
+    for (name, matcher) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
+        if let Some(kind) = matcher {
+            headers.push(HeaderMatcher {
+                name: name.to_owned(),
+                kind: kind.clone(),
+                invert: false,
+            });
+        }
+    }
+    headers.extend(m.headers.iter().map(|(name, kind)| HeaderMatcher {
+        name: name.clone(),
+        kind: kind.clone(),
+        invert: false,
+    }));
+    headers.extend(m.without_headers.iter().map(|(name, kind)| HeaderMatcher {
+        name: name.clone(),
+        kind: kind.clone(),
+        invert: true,
+    }));
+    RouteMatch {
+        path,
+        ignore_case: m.ignore_uri_case,
+        headers,
+        query_params: m
+            .query_params
+            .iter()
+            .map(|(name, kind)| QueryParamMatcher {
+                name: name.clone(),
+                kind: kind.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Istio's `isCatchAllRoute` on an Envoy route: prefix `/` and no header or
+/// query conditions.
+fn is_catch_all_route(route: &Route) -> bool {
+    matches!(&route.matcher.path, PathMatch::Prefix(p) if p == "/")
+        && route.matcher.headers.is_empty()
+        && route.matcher.query_params.is_empty()
+}

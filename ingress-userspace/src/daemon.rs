@@ -1,0 +1,944 @@
+//! Wiring of `ingressd run`: config dir -> pipeline -> snapshot swap ->
+//! listeners, admin/status servers, the kernel program, live reload and
+//! graceful shutdown.
+//!
+//! Threads and tasks: the tokio runtime runs one accept task per listener, one
+//! task per connection, the admin and status servers, and the reload loop;
+//! `notify` watches the config dir on its own thread; pipeline runs and kernel
+//! map scans go to the blocking pool.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, Admin, ListenerInfo, ServerState, State};
+use crate::kernel::{AttachMode, PortCounterProgram};
+use crate::pipeline::{self, Options};
+use crate::proxy::access_log::AccessLog;
+use crate::proxy::{self, ConnInfo, Context, ListenerStats};
+use crate::snapshot::{GatewayIdentity, ListenerKind, Snapshot};
+use crate::stats::{Metrics, SourceIdentity};
+
+/// `--kernel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Try the kernel path; fall back to userspace alone when it cannot load.
+    Auto,
+    /// Require the kernel path.
+    On,
+    /// Userspace only.
+    Off,
+}
+
+/// Everything `ingressd run` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_dir: PathBuf,
+    pub gateway: GatewayIdentity,
+    pub admin_addr: SocketAddr,
+    pub status_addr: SocketAddr,
+    pub drain_timeout: Duration,
+    pub kernel: KernelMode,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    pub access_log: AccessLog,
+    /// For `/server_info`.
+    pub command_line: Vec<String>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (or `POST /quitquitquit`) and a
+/// bounded drain.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pipeline_options = Options {
+        gateway: options.gateway.clone(),
+    };
+    let snapshot = match build(&options.config_dir, &pipeline_options).await? {
+        Ok(snapshot) => snapshot,
+        Err(errors) => bail!(
+            "the config in {} has {errors} error(s); not starting",
+            options.config_dir.display()
+        ),
+    };
+
+    let kernel = setup_kernel(&options)?;
+    let kernel_line = match &kernel {
+        Some(program) => format!("xdp_port_counter attached to {:?}", program.interfaces()),
+        None => "off (userspace only)".to_owned(),
+    };
+    let kernel = Arc::new(Mutex::new(kernel));
+    let collector: Option<Box<dyn Collector>> = Some(Box::new(KernelCollector {
+        program: kernel.clone(),
+    }));
+    let metrics = Arc::new(Metrics::new(
+        SourceIdentity::from_gateway(&options.gateway),
+        collector,
+    ));
+    let ctx = Arc::new(Context::new(
+        Arc::new(snapshot),
+        metrics.clone(),
+        options.access_log,
+    ));
+    let state = Arc::new(ServerState::default());
+    let quit = Arc::new(Notify::new());
+    let admin = Arc::new(Admin {
+        ctx: ctx.clone(),
+        state: state.clone(),
+        started,
+        command_line: options.command_line.clone(),
+        listeners: Mutex::new(Vec::new()),
+        quit: quit.clone(),
+        kernel: kernel_line,
+    });
+
+    let status_listener = TcpListener::bind(options.status_addr)
+        .await
+        .with_context(|| format!("binding the status port {}", options.status_addr))?;
+    let admin_listener = TcpListener::bind(options.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin port {}", options.admin_addr))?;
+    info!(status = %options.status_addr, admin = %options.admin_addr, "admin and status servers listening");
+    let status_task = tokio::spawn(admin::serve_status(status_listener, state.clone()));
+    let admin_task = tokio::spawn(admin::serve_admin(admin_listener, admin.clone()));
+
+    // The kernel does not steer nodePorts yet, so every listener also binds its nodePort.
+    let steering = false;
+    let mut listeners = Listeners::new(ctx.clone(), options.drain_timeout, steering);
+    listeners.apply(&ctx.snapshot.load_full(), true).await?;
+    admin.listeners_update(listeners.info());
+    state.set(State::Live);
+    info!(
+        listeners = listeners.tasks.len(),
+        config = %options.config_dir.display(),
+        "ready"
+    );
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+    let _watcher = watch_config(&options.config_dir, reload_tx)?;
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            Some(()) = reload_rx.recv() => {
+                reload(&ctx, &options, &pipeline_options, &mut listeners).await;
+                admin.listeners_update(listeners.info());
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: draining"); break; }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: draining"); break; }
+            () = quit.notified() => { info!("quitquitquit: draining"); break; }
+        }
+    }
+
+    state.set(State::Draining);
+    let drained = listeners.shutdown().await;
+    if drained {
+        info!("drained");
+    } else {
+        warn!(timeout = ?options.drain_timeout, "drain timeout: closing remaining connections");
+    }
+    admin_task.abort();
+    status_task.abort();
+    // Detach the XDP program before exiting.
+    if let Some(program) = kernel
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        info!(interfaces = ?program.interfaces(), "detaching xdp_port_counter");
+        drop(program);
+    }
+    Ok(())
+}
+
+impl Admin {
+    fn listeners_update(&self, info: Vec<ListenerInfo>) {
+        *self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = info;
+    }
+}
+
+/// Runs the pipeline on the blocking pool and logs its diagnostics. `Err(n)`
+/// when the config has `n` errors.
+async fn build(dir: &Path, options: &Options) -> anyhow::Result<Result<Snapshot, usize>> {
+    let dir = dir.to_owned();
+    let options = options.clone();
+    let outcome = tokio::task::spawn_blocking(move || pipeline::build_from_dir(&dir, &options))
+        .await
+        .context("the config pipeline panicked")?;
+    for diagnostic in outcome.diagnostics.iter() {
+        if diagnostic.is_error() {
+            error!("{diagnostic}");
+        } else {
+            warn!("{diagnostic}");
+        }
+    }
+    Ok(match outcome.snapshot {
+        Some(snapshot) if !outcome.diagnostics.has_errors() => Ok(snapshot),
+        _ => Err(outcome.diagnostics.errors().count().max(1)),
+    })
+}
+
+async fn reload(
+    ctx: &Arc<Context>,
+    options: &RunOptions,
+    pipeline_options: &Options,
+    listeners: &mut Listeners,
+) {
+    match build(&options.config_dir, pipeline_options).await {
+        Ok(Ok(snapshot)) => {
+            let snapshot = Arc::new(snapshot);
+            ctx.snapshot.store(snapshot.clone());
+            ctx.balancer
+                .retain(|name| snapshot.clusters.contains_key(name));
+            if let Err(error) = listeners.apply(&snapshot, false).await {
+                error!("applying listeners: {error:#}");
+            }
+            ctx.metrics.config_reload(true);
+            info!(
+                listeners = snapshot.listeners.len(),
+                clusters = snapshot.clusters.len(),
+                "config reloaded"
+            );
+        }
+        Ok(Err(errors)) => {
+            ctx.metrics.config_reload(false);
+            error!(
+                errors,
+                "config change rejected; still serving the last good config"
+            );
+        }
+        Err(error) => {
+            ctx.metrics.config_reload(false);
+            error!("config reload failed: {error:#}");
+        }
+    }
+}
+
+/// `--kernel`: load and attach, or explain why not.
+fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgram>> {
+    let attach = || -> anyhow::Result<PortCounterProgram> {
+        if options.interfaces.is_empty() {
+            bail!("no --interfaces given to attach to");
+        }
+        let mut program = PortCounterProgram::load()?;
+        for interface in &options.interfaces {
+            program.attach(interface, options.xdp_mode)?;
+        }
+        Ok(program)
+    };
+    match options.kernel {
+        KernelMode::Off => {
+            info!("kernel path off (--kernel off): serving in userspace only");
+            Ok(None)
+        }
+        KernelMode::On => {
+            let program = attach().context("--kernel on: setting up the eBPF program")?;
+            info!(interfaces = ?options.interfaces, mode = %options.xdp_mode, "xdp_port_counter attached");
+            Ok(Some(program))
+        }
+        KernelMode::Auto => match attach() {
+            Ok(program) => {
+                info!(interfaces = ?options.interfaces, mode = %options.xdp_mode, "xdp_port_counter attached");
+                Ok(Some(program))
+            }
+            Err(error) => {
+                warn!("kernel path unavailable, serving in userspace only: {error:#}");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Exports the kernel counters on each scrape.
+#[derive(Debug)]
+struct KernelCollector {
+    program: Arc<Mutex<Option<PortCounterProgram>>>,
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let guard = self
+            .program
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(program) = guard.as_ref() else {
+            return Ok(());
+        };
+        let ports = match program.port_counters() {
+            Ok(ports) => ports,
+            Err(error) => {
+                warn!("{}", crate::kernel::chain(&error));
+                Vec::new()
+            }
+        };
+        let reasons = program.pass_reasons().unwrap_or_default();
+        drop(guard);
+        if !ports.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "ingressd_kernel_port_packets",
+                "Packets seen by the XDP program, by destination port",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &ports {
+                let labels = [("port", p.port.to_string())];
+                ConstCounter::new(p.packets).encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "ingressd_kernel_port_bytes",
+                "Bytes seen by the XDP program, by destination port",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for p in &ports {
+                let labels = [("port", p.port.to_string())];
+                ConstCounter::new(p.bytes).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let nonzero: Vec<_> = reasons.iter().filter(|(_, n)| *n != 0).collect();
+        if !nonzero.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "ingressd_kernel_pass",
+                "Packets the XDP program passed, by reason",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (reason, count) in nonzero {
+                let labels = [("reason", reason.label())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Watches `dir` recursively; every change that is not a read sends one
+/// (debounced, ~200 ms) signal on `reload`.
+fn watch_config(
+    dir: &Path,
+    reload: mpsc::Sender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::{EventKind, RecursiveMode, Watcher as _};
+
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        match event {
+            // Opening or reading a file (the pipeline does both) is no change.
+            Ok(event) => match event.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                    let _ = raw_tx.send(());
+                }
+                EventKind::Access(_) => {}
+                _ => {
+                    let _ = raw_tx.send(());
+                }
+            },
+            Err(error) => warn!("config watch error: {error}"),
+        }
+    })
+    .context("creating the config watcher")?;
+    watcher
+        .watch(dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            // Let a burst of events (an editor's save, `mv`, a ConfigMap's
+            // symlink swap) settle before rebuilding once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), raw_rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if reload.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+/// What a bound listener is; a change means rebinding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ListenerKey {
+    name: String,
+    address: IpAddr,
+    port: u16,
+    node_port: Option<u16>,
+    http: bool,
+}
+
+struct ListenerTask {
+    key: ListenerKey,
+    addresses: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Drain>,
+}
+
+/// In-flight connections of a listener that stopped accepting.
+struct Drain {
+    graceful: GracefulShutdown,
+    tcp: Arc<ConnTracker>,
+}
+
+impl Drain {
+    async fn wait(self) {
+        self.graceful.shutdown().await;
+        self.tcp.idle().await;
+    }
+}
+
+/// Counts live TCP-proxy connections so a drain can wait for them.
+#[derive(Debug, Default)]
+struct ConnTracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnGuard(Arc<ConnTracker>);
+
+impl ConnTracker {
+    fn enter(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The set of bound listeners, kept equal to the snapshot's.
+struct Listeners {
+    ctx: Arc<Context>,
+    drain_timeout: Duration,
+    /// When the kernel steers nodePorts, they are not bound in userspace.
+    kernel_steers_node_ports: bool,
+    tasks: BTreeMap<u16, ListenerTask>,
+    draining: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    fn new(ctx: Arc<Context>, drain_timeout: Duration, kernel_steers_node_ports: bool) -> Self {
+        Self {
+            ctx,
+            drain_timeout,
+            kernel_steers_node_ports,
+            tasks: BTreeMap::new(),
+            draining: Vec::new(),
+        }
+    }
+
+    fn info(&self) -> Vec<ListenerInfo> {
+        self.tasks
+            .values()
+            .map(|t| ListenerInfo {
+                name: t.key.name.clone(),
+                addresses: t.addresses.clone(),
+            })
+            .collect()
+    }
+
+    /// Binds listeners new in `snapshot`, stops the ones it no longer has
+    /// (their connections drain in the background). On the first apply a
+    /// bind failure is an error; later ones are logged and skipped.
+    async fn apply(&mut self, snapshot: &Snapshot, initial: bool) -> anyhow::Result<()> {
+        let wanted: BTreeMap<u16, ListenerKey> = snapshot
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.port,
+                    ListenerKey {
+                        name: l.name.clone(),
+                        address: l.address,
+                        port: l.port,
+                        node_port: l.node_port.filter(|&n| n != l.port),
+                        http: matches!(l.kind, ListenerKind::Http(_)),
+                    },
+                )
+            })
+            .collect();
+        let stale: Vec<u16> = self
+            .tasks
+            .iter()
+            .filter(|(port, task)| wanted.get(port) != Some(&task.key))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in stale {
+            if let Some(task) = self.tasks.remove(&port) {
+                info!(listener = %task.key.name, "stopping listener");
+                if let Some(drain) = stop(task).await {
+                    let timeout = self.drain_timeout;
+                    self.draining.push(tokio::spawn(async move {
+                        let _ = tokio::time::timeout(timeout, drain.wait()).await;
+                    }));
+                }
+            }
+        }
+        self.draining.retain(|h| !h.is_finished());
+        for (port, key) in wanted {
+            if self.tasks.contains_key(&port) {
+                continue;
+            }
+            match self.start(key.clone()).await {
+                Ok(task) => {
+                    self.tasks.insert(port, task);
+                }
+                Err(error) if initial => return Err(error),
+                Err(error) => error!(listener = %key.name, "{error:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, key: ListenerKey) -> anyhow::Result<ListenerTask> {
+        let primary = bind(key.address, key.port)
+            .with_context(|| format!("binding listener {}", key.name))?;
+        let mut sockets = vec![primary];
+        match key.node_port {
+            // A nodePort is served on every address of the node.
+            Some(node_port) if !self.kernel_steers_node_ports => {
+                match bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), node_port) {
+                    Ok(socket) => sockets.push(socket),
+                    Err(error) => warn!(
+                        listener = %key.name,
+                        node_port,
+                        "nodePort not served: {error:#}"
+                    ),
+                }
+            }
+            _ => {}
+        }
+        let addresses: Vec<SocketAddr> =
+            sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let protocol = if key.http { "HTTP" } else { "TCP" };
+        match key.node_port {
+            Some(node_port) if addresses.len() > 1 => info!(
+                listener = %key.name,
+                "serving {protocol} on {} and nodePort {node_port} (kernel does not steer nodePorts)",
+                addresses[0]
+            ),
+            _ => info!(listener = %key.name, "serving {protocol} on {}", addresses[0]),
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(ListenerStats::new(
+            &self.ctx.metrics.envoy,
+            &key.name,
+            key.http,
+        ));
+        let task = tokio::spawn(accept_loop(
+            self.ctx.clone(),
+            sockets,
+            key.port,
+            key.http,
+            stats,
+            stop_rx,
+        ));
+        Ok(ListenerTask {
+            key,
+            addresses,
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    /// Stops accepting everywhere and waits (bounded) for in-flight work.
+    /// `true` when everything finished in time.
+    async fn shutdown(&mut self) -> bool {
+        let mut drains = Vec::new();
+        for (_, task) in std::mem::take(&mut self.tasks) {
+            if let Some(drain) = stop(task).await {
+                drains.push(drain);
+            }
+        }
+        let draining = std::mem::take(&mut self.draining);
+        let all = async move {
+            for drain in drains {
+                drain.wait().await;
+            }
+            for handle in draining {
+                let _ = handle.await;
+            }
+        };
+        tokio::time::timeout(self.drain_timeout, all).await.is_ok()
+    }
+}
+
+/// Closes a listener's sockets; returns its in-flight connections.
+async fn stop(task: ListenerTask) -> Option<Drain> {
+    let _ = task.stop.send(true);
+    match task.task.await {
+        Ok(drain) => Some(drain),
+        Err(error) => {
+            error!("listener task failed: {error}");
+            None
+        }
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
+    let address = SocketAddr::from((ip, port));
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating a socket")?;
+    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    socket
+        .bind(address)
+        .with_context(|| format!("binding {address}"))?;
+    socket
+        .listen(1024)
+        .with_context(|| format!("listening on {address}"))
+}
+
+async fn accept_any(sockets: &[TcpListener]) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match sockets {
+        [one] => one.accept().await,
+        [first, second, ..] => tokio::select! {
+            accepted = first.accept() => accepted,
+            accepted = second.accept() => accepted,
+        },
+        [] => std::future::pending().await,
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<Context>,
+    sockets: Vec<TcpListener>,
+    listener_port: u16,
+    http: bool,
+    stats: Arc<ListenerStats>,
+    mut stop: watch::Receiver<bool>,
+) -> Drain {
+    let graceful = GracefulShutdown::new();
+    let tcp = Arc::new(ConnTracker::default());
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = accept_any(&sockets) => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = match stream.local_addr() {
+            Ok(local) => local,
+            Err(_) => continue,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            listener_port,
+            local,
+            remote,
+        };
+        stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let stats = stats.clone();
+        if http {
+            let service_stats = stats.clone();
+            let service = service_fn(move |request| {
+                proxy::http::serve(ctx.clone(), conn, service_stats.clone(), request)
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %remote, "downstream connection error");
+                }
+                stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+            });
+        } else {
+            let guard = tcp.enter();
+            tokio::spawn(async move {
+                proxy::tcp::serve(ctx, conn, stream).await;
+                stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
+            });
+        }
+    }
+    drop(sockets);
+    Drain { graceful, tcp }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+
+    use crate::proxy::access_log::AccessLogFormat;
+    use crate::snapshot::{
+        Cluster, Discovery, Endpoint, ForwardAction, Listener, Route, RouteAction, RouteConfig,
+        RouteMatch, UpstreamProtocol, VirtualHost, VirtualHostIndex, WeightedCluster,
+    };
+
+    /// A backend that answers `name path host xff xfp` for every request.
+    async fn backend(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned()
+                        };
+                        let body = format!(
+                            "{name} {} {} {} {} {}",
+                            req.uri(),
+                            h("host"),
+                            h("x-forwarded-for"),
+                            h("x-forwarded-proto"),
+                            h("connection"),
+                        );
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        address
+    }
+
+    fn cluster(name: &str, endpoints: &[SocketAddr]) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.to_owned(),
+            host: "counter.default.svc.cluster.local".into(),
+            port: 80,
+            subset: String::new(),
+            discovery: Discovery::Service {
+                namespace: "default".into(),
+                name: "counter".into(),
+            },
+            endpoints: endpoints
+                .iter()
+                .map(|&address| Endpoint {
+                    address,
+                    serving: true,
+                    target: None,
+                })
+                .collect(),
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn snapshot(endpoints: &[SocketAddr]) -> Snapshot {
+        let forward = |cluster: &str| Route {
+            name: format!("to-{cluster}"),
+            matcher: RouteMatch::default(),
+            action: RouteAction::Forward(ForwardAction {
+                clusters: vec![WeightedCluster {
+                    name: cluster.to_owned(),
+                    weight: 100,
+                }],
+                timeout: None,
+                prefix_rewrite: None,
+                host_rewrite: None,
+            }),
+            origin: None,
+        };
+        let vhosts = vec![
+            VirtualHost {
+                name: "counter.example.com:80".into(),
+                domains: vec!["counter.example.com".into()],
+                routes: vec![forward("outbound|80||counter.default.svc.cluster.local")],
+                require_tls: false,
+            },
+            VirtualHost {
+                name: "empty.example.com:80".into(),
+                domains: vec!["empty.example.com".into()],
+                routes: vec![forward("outbound|80||empty.default.svc.cluster.local")],
+                require_tls: false,
+            },
+            VirtualHost {
+                name: "secure.example.com:80".into(),
+                domains: vec!["secure.example.com".into()],
+                routes: Vec::new(),
+                require_tls: true,
+            },
+        ];
+        let index = VirtualHostIndex::build(&vhosts);
+        let clusters = [
+            cluster("outbound|80||counter.default.svc.cluster.local", endpoints),
+            cluster("outbound|80||empty.default.svc.cluster.local", &[]),
+        ];
+        Snapshot {
+            gateway: GatewayIdentity::default(),
+            listeners: vec![Listener {
+                name: "0.0.0.0_8080".into(),
+                address: Ipv4Addr::UNSPECIFIED.into(),
+                port: 8080,
+                service_port: 80,
+                node_port: None,
+                servers: Vec::new(),
+                kind: ListenerKind::Http(RouteConfig {
+                    name: "http.8080".into(),
+                    virtual_hosts: vhosts,
+                    index,
+                }),
+            }],
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c.name.clone(), c))
+                .collect::<BTreeMap<_, _>>(),
+            diagnostics: Default::default(),
+        }
+    }
+
+    async fn get(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        proxy: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> (u16, String, http::HeaderMap) {
+        let request = http::Request::builder()
+            .uri(format!("http://{proxy}{path}"))
+            .header("host", host)
+            .header("connection", "keep-alive, x-drop")
+            .header("x-drop", "1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+    }
+
+    #[tokio::test]
+    async fn http_listener_routes_forwards_and_drains() {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let metrics = Arc::new(Metrics::new(
+            SourceIdentity::from_gateway(&GatewayIdentity::default()),
+            None,
+        ));
+        let ctx = Arc::new(Context::new(
+            Arc::new(snapshot(&[a, b])),
+            metrics.clone(),
+            AccessLog {
+                format: AccessLogFormat::Off,
+            },
+        ));
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = socket.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", true));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            ctx.clone(),
+            vec![socket],
+            8080,
+            true,
+            stats,
+            stop_rx,
+        ));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+
+        let (status, first, headers) =
+            get(&client, proxy, "counter.example.com:80", "/x?q=1").await;
+        assert_eq!(status, 200, "{first}");
+        assert!(headers.contains_key("x-envoy-upstream-service-time"));
+        let (_, second, _) = get(&client, proxy, "COUNTER.example.com", "/y").await;
+        let mut names = [&first[..1], &second[..1]];
+        names.sort();
+        assert_eq!(names, ["a", "b"], "round robin: {first} / {second}");
+        let fields: Vec<&str> = first.split(' ').collect();
+        assert_eq!(fields[1], "/x?q=1");
+        assert_eq!(fields[2], "counter.example.com:80", "Host kept");
+        assert_eq!(fields[3], "127.0.0.1", "x-forwarded-for");
+        assert_eq!(fields[4], "http", "x-forwarded-proto");
+        assert!(!first.contains("x-drop"));
+
+        let (status, body, _) = get(&client, proxy, "other.example.com", "/").await;
+        assert_eq!((status, body.as_str()), (404, "route not found"));
+        let (status, body, _) = get(&client, proxy, "empty.example.com", "/").await;
+        assert_eq!((status, body.as_str()), (503, "no healthy upstream"));
+        let (status, _, headers) = get(&client, proxy, "secure.example.com:8080", "/p?q").await;
+        assert_eq!(status, 301);
+        assert_eq!(headers["location"], "https://secure.example.com/p?q");
+
+        // A swap changes the next request, not the listener.
+        ctx.snapshot.store(Arc::new(snapshot(&[b])));
+        for _ in 0..3 {
+            let (_, body, _) = get(&client, proxy, "counter.example.com", "/").await;
+            assert!(body.starts_with('b'), "{body}");
+        }
+
+        let text = metrics.prometheus_text().unwrap();
+        assert!(text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("response_code=\"404\"")
+            && l.contains("response_flags=\"NR\"")));
+        assert!(text.lines().any(|l| l.contains("response_flags=\"UH\"")));
+
+        stop_tx.send(true).unwrap();
+        let drain = task.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), drain.wait())
+            .await
+            .expect("idle keep-alive connections close on drain");
+        assert!(TcpStream::connect(proxy).await.is_err(), "listener closed");
+    }
+}

@@ -1,0 +1,349 @@
+//! Consumer: the snapshot as Envoy's v3 `/config_dump` JSON.
+//!
+//! The shape follows Envoy's admin API (`configs[]`, each typed by `@type`)
+//! so the `jq` one-liners people use against an Istio gateway keep working:
+//!
+//! ```text
+//! jq '.configs[] | select(."@type" | endswith("RoutesConfigDump"))
+//!     | .dynamic_route_configs[].route_config.virtual_hosts[]
+//!     | {name, domains, route: .routes[].match.prefix}'
+//! ```
+//!
+//! What Envoy has no field for (nodePorts, which Gateway server made a
+//! listener, where a route came from) goes under `metadata.filter_metadata`,
+//! the place Envoy keeps for such annotations; Istio puts the source
+//! VirtualService there too.
+
+use serde_json::{Map, Value, json};
+
+use crate::model::duration::to_proto_json;
+use crate::snapshot::{
+    Cluster, Discovery, HeaderMatcher, Listener, ListenerKind, PathMatch, Route, RouteAction,
+    RouteConfig, Snapshot, StringMatcher, UpstreamProtocol, VirtualHost, WeightedCluster,
+};
+
+const TYPE_PREFIX: &str = "type.googleapis.com/";
+
+/// The `/config_dump` document for `snapshot`.
+pub fn config_dump(snapshot: &Snapshot) -> Value {
+    let route_configs: Vec<&RouteConfig> = snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| match &l.kind {
+            ListenerKind::Http(rc) => Some(rc),
+            ListenerKind::Tcp(_) => None,
+        })
+        .collect();
+    json!({
+        "configs": [
+            {
+                "@type": format!("{TYPE_PREFIX}envoy.admin.v3.ListenersConfigDump"),
+                "dynamic_listeners": snapshot.listeners.iter().map(|l| json!({
+                    "name": l.name,
+                    "active_state": { "listener": listener(l) },
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": format!("{TYPE_PREFIX}envoy.admin.v3.ClustersConfigDump"),
+                "dynamic_active_clusters": snapshot.clusters.values().map(|c| json!({
+                    "cluster": cluster(c),
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": format!("{TYPE_PREFIX}envoy.admin.v3.RoutesConfigDump"),
+                "dynamic_route_configs": route_configs.iter().map(|rc| json!({
+                    "route_config": route_config(rc),
+                })).collect::<Vec<_>>(),
+            },
+            {
+                "@type": format!("{TYPE_PREFIX}envoy.admin.v3.EndpointsConfigDump"),
+                "dynamic_endpoint_configs": snapshot.clusters.values().map(|c| json!({
+                    "endpoint_config": endpoints(c),
+                })).collect::<Vec<_>>(),
+            },
+        ]
+    })
+}
+
+fn listener(l: &Listener) -> Value {
+    let filter = match &l.kind {
+        ListenerKind::Http(rc) => json!({
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": format!("{TYPE_PREFIX}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+                "stat_prefix": format!("outbound_{}", l.name),
+                "rds": { "route_config_name": rc.name },
+            },
+        }),
+        ListenerKind::Tcp(proxy) => {
+            let mut config = Map::new();
+            config.insert(
+                "@type".into(),
+                format!("{TYPE_PREFIX}envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
+                    .into(),
+            );
+            match proxy {
+                Some(proxy) => {
+                    config.insert("stat_prefix".into(), proxy.stat_prefix.clone().into());
+                    insert_clusters(&mut config, &proxy.clusters);
+                    config.insert(
+                        "metadata".into(),
+                        json!({ "filter_metadata": { "istio": {
+                            "config": istio_config_path(&proxy.origin.virtual_service),
+                            "field": proxy.origin.field,
+                        }}}),
+                    );
+                }
+                None => {
+                    config.insert("stat_prefix".into(), "BlackHoleCluster".into());
+                    config.insert("cluster".into(), "BlackHoleCluster".into());
+                }
+            }
+            json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": config })
+        }
+    };
+    json!({
+        "@type": format!("{TYPE_PREFIX}envoy.config.listener.v3.Listener"),
+        "name": l.name,
+        "address": { "socket_address": { "address": l.address.to_string(), "port_value": l.port } },
+        "filter_chains": [ { "filters": [ filter ] } ],
+        "traffic_direction": "OUTBOUND",
+        "metadata": { "filter_metadata": { "ingressd": {
+            "protocol": l.kind.protocol(),
+            "service_port": l.service_port,
+            "node_port": l.node_port,
+            "servers": l.servers.iter().map(|s| json!({
+                "gateway": s.gateway,
+                "server": format!("spec.servers[{}]", s.index),
+                "port_name": s.port_name,
+            })).collect::<Vec<_>>(),
+        }}},
+    })
+}
+
+/// `cluster` for one destination, `weighted_clusters` for several.
+fn insert_clusters(out: &mut Map<String, Value>, clusters: &[WeightedCluster]) {
+    if let [single] = clusters {
+        out.insert("cluster".into(), single.name.clone().into());
+    } else {
+        out.insert(
+            "weighted_clusters".into(),
+            json!({ "clusters": clusters.iter().map(|c| json!({ "name": c.name, "weight": c.weight })).collect::<Vec<_>>() }),
+        );
+    }
+}
+
+fn istio_config_path(key: &str) -> String {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    format!("/apis/networking.istio.io/v1/namespaces/{namespace}/virtual-service/{name}")
+}
+
+fn route_config(rc: &RouteConfig) -> Value {
+    json!({
+        "@type": format!("{TYPE_PREFIX}envoy.config.route.v3.RouteConfiguration"),
+        "name": rc.name,
+        "virtual_hosts": rc.virtual_hosts.iter().map(virtual_host).collect::<Vec<_>>(),
+        "validate_clusters": false,
+    })
+}
+
+fn virtual_host(vh: &VirtualHost) -> Value {
+    let mut out = Map::new();
+    out.insert("name".into(), vh.name.clone().into());
+    out.insert("domains".into(), json!(vh.domains));
+    out.insert(
+        "routes".into(),
+        vh.routes.iter().map(route).collect::<Vec<_>>().into(),
+    );
+    if vh.require_tls {
+        out.insert("require_tls".into(), "ALL".into());
+    }
+    out.insert("include_request_attempt_count".into(), true.into());
+    Value::Object(out)
+}
+
+/// One route as Envoy prints it (also used by `explain`).
+pub fn route(r: &Route) -> Value {
+    let mut out = Map::new();
+    if !r.name.is_empty() {
+        out.insert("name".into(), r.name.clone().into());
+    }
+    out.insert("match".into(), route_match(r));
+    match &r.action {
+        RouteAction::Forward(f) => {
+            let mut action = Map::new();
+            insert_clusters(&mut action, &f.clusters);
+            action.insert(
+                "timeout".into(),
+                f.timeout
+                    .map_or_else(|| "0s".to_owned(), to_proto_json)
+                    .into(),
+            );
+            if let Some(p) = &f.prefix_rewrite {
+                action.insert("prefix_rewrite".into(), p.clone().into());
+            }
+            if let Some(h) = &f.host_rewrite {
+                action.insert("host_rewrite_literal".into(), h.clone().into());
+            }
+            action.insert("max_grpc_timeout".into(), "0s".into());
+            out.insert("route".into(), Value::Object(action));
+        }
+        RouteAction::DirectResponse { status, body } => {
+            let mut direct = Map::new();
+            direct.insert("status".into(), (*status).into());
+            if !body.is_empty() {
+                direct.insert("body".into(), json!({ "inline_string": body }));
+            }
+            out.insert("direct_response".into(), Value::Object(direct));
+        }
+        RouteAction::Redirect(r) => {
+            let mut redirect = Map::new();
+            if let Some(s) = &r.scheme {
+                redirect.insert("scheme_redirect".into(), s.clone().into());
+            }
+            if let Some(a) = &r.authority {
+                redirect.insert("host_redirect".into(), a.clone().into());
+            }
+            if let Some(p) = r.port {
+                redirect.insert("port_redirect".into(), p.into());
+            }
+            if let Some(p) = &r.path {
+                redirect.insert("path_redirect".into(), p.clone().into());
+            }
+            let code = match r.status {
+                302 => "FOUND",
+                303 => "SEE_OTHER",
+                307 => "TEMPORARY_REDIRECT",
+                308 => "PERMANENT_REDIRECT",
+                _ => "MOVED_PERMANENTLY",
+            };
+            redirect.insert("response_code".into(), code.into());
+            out.insert("redirect".into(), Value::Object(redirect));
+        }
+    }
+    if let Some(origin) = &r.origin {
+        out.insert(
+            "metadata".into(),
+            json!({ "filter_metadata": { "istio": {
+                "config": istio_config_path(&origin.virtual_service),
+                "field": origin.field,
+            }}}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn route_match(r: &Route) -> Value {
+    let m = &r.matcher;
+    let mut out = Map::new();
+    match &m.path {
+        PathMatch::Prefix(p) => out.insert("prefix".into(), p.clone().into()),
+        PathMatch::Exact(p) => out.insert("path".into(), p.clone().into()),
+        PathMatch::Regex(p) => out.insert("safe_regex".into(), json!({ "regex": p.source })),
+    };
+    out.insert("case_sensitive".into(), (!m.ignore_case).into());
+    if !m.headers.is_empty() {
+        out.insert(
+            "headers".into(),
+            m.headers
+                .iter()
+                .map(header_matcher)
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    if !m.query_params.is_empty() {
+        out.insert(
+            "query_parameters".into(),
+            m.query_params
+                .iter()
+                .map(|q| {
+                    let mut o = string_matcher(&q.kind);
+                    o.insert("name".into(), q.name.clone().into());
+                    Value::Object(o)
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    Value::Object(out)
+}
+
+fn header_matcher(h: &HeaderMatcher) -> Value {
+    let mut o = string_matcher(&h.kind);
+    o.insert("name".into(), h.name.clone().into());
+    if h.invert {
+        o.insert("invert_match".into(), true.into());
+    }
+    Value::Object(o)
+}
+
+fn string_matcher(kind: &StringMatcher) -> Map<String, Value> {
+    let mut o = Map::new();
+    match kind {
+        StringMatcher::Exact(s) => {
+            o.insert("string_match".into(), json!({ "exact": s }));
+        }
+        StringMatcher::Prefix(s) => {
+            o.insert("string_match".into(), json!({ "prefix": s }));
+        }
+        StringMatcher::Regex(p) => {
+            o.insert(
+                "string_match".into(),
+                json!({ "safe_regex": { "regex": p.source } }),
+            );
+        }
+        StringMatcher::Present => {
+            o.insert("present_match".into(), true.into());
+        }
+    }
+    o
+}
+
+fn cluster(c: &Cluster) -> Value {
+    let (kind, service) = match &c.discovery {
+        Discovery::Service { namespace, name } => ("Service", format!("{namespace}/{name}")),
+        Discovery::ServiceEntry { namespace, name } => {
+            ("ServiceEntry", format!("{namespace}/{name}"))
+        }
+    };
+    let mut out = json!({
+        "@type": format!("{TYPE_PREFIX}envoy.config.cluster.v3.Cluster"),
+        "name": c.name,
+        "type": "EDS",
+        "eds_cluster_config": { "service_name": c.name },
+        "connect_timeout": to_proto_json(c.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "metadata": { "filter_metadata": { "istio": {
+            "services": [ { "host": c.host, "name": service.rsplit('/').next(), "namespace": service.split('/').next() } ],
+            "default_original_port": c.port,
+            "subset": c.subset,
+        }, "ingressd": { "discovered_by": kind } } },
+    });
+    if c.protocol == UpstreamProtocol::Http2 {
+        out["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": format!("{TYPE_PREFIX}envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+                "explicit_http_config": { "http2_protocol_options": {} },
+            }
+        });
+    }
+    out
+}
+
+fn endpoints(c: &Cluster) -> Value {
+    json!({
+        "@type": format!("{TYPE_PREFIX}envoy.config.endpoint.v3.ClusterLoadAssignment"),
+        "cluster_name": c.name,
+        "endpoints": [ {
+            "lb_endpoints": c.endpoints.iter().map(|e| json!({
+                "endpoint": { "address": { "socket_address": {
+                    "address": e.address.ip().to_string(),
+                    "port_value": e.address.port(),
+                } } },
+                "health_status": if e.serving { "HEALTHY" } else { "DRAINING" },
+                "metadata": { "filter_metadata": { "ingressd": { "target": e.target } } },
+            })).collect::<Vec<_>>(),
+        } ],
+    })
+}

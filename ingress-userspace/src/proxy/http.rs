@@ -1,0 +1,799 @@
+//! Data path, HTTP: route one request with the snapshot's route selection
+//! and answer it locally or forward it to an upstream endpoint.
+//!
+//! The request is finished (metrics, stats, access log) when its response
+//! body ends or is dropped, so durations and byte counts cover the whole
+//! exchange, as Envoy's do.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpInfo;
+
+use crate::snapshot::{
+    ForwardAction, ListenerKind, PathMatch, RedirectAction, RequestAttributes, Route, RouteAction,
+    Snapshot, UpstreamProtocol,
+};
+use crate::stats::{DestinationLabels, RequestSample};
+
+use super::access_log::AccessRecord;
+use super::upstream::{ClusterState, EndpointStats, choose_weighted, random_u64};
+use super::{ConnInfo, Context, ListenerStats, ProxyError};
+
+/// The body of every response the proxy sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the
+/// legacy ones Envoy also removes).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// The request body sent upstream: the downstream body, counting its bytes.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    received: Arc<AtomicU64>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.received
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body sent downstream; finishes the request when it ends or
+/// is dropped.
+pub struct ResponseBody {
+    inner: ProxyBody,
+    sent: u64,
+    finisher: Option<Finisher>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self) {
+        if let Some(finisher) = self.finisher.take() {
+            finisher.finish(self.sent);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(finisher) = &mut this.finisher
+                    && finisher.record.flags == "-"
+                {
+                    // Upstream reset after the response started.
+                    finisher.record.flags = "UPE";
+                    finisher.record.termination_details =
+                        Some("upstream_reset_after_response_started".to_owned());
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// What is known about a request when it finishes.
+struct Finisher {
+    ctx: Arc<Context>,
+    listener: Arc<ListenerStats>,
+    record: AccessRecord,
+    started: Instant,
+    received: Arc<AtomicU64>,
+    request_protocol: &'static str,
+    destination: Option<DestinationLabels>,
+    cluster: Option<Arc<ClusterState>>,
+    endpoint: Option<Arc<EndpointStats>>,
+}
+
+impl Finisher {
+    fn finish(mut self, sent: u64) {
+        let elapsed = self.started.elapsed();
+        self.record.duration_ms = elapsed.as_millis() as u64;
+        self.record.bytes_sent = sent;
+        self.record.bytes_received = self.received.load(Ordering::Relaxed);
+        let status = self.record.status;
+        self.listener.count_status(status);
+        if let Some(cluster) = &self.cluster {
+            cluster.rq_active.fetch_sub(1, Ordering::Relaxed);
+            cluster.count_status(status);
+            match self.record.flags {
+                "UF" => {
+                    cluster.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                }
+                "UT" => {
+                    cluster.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.rq_active.fetch_sub(1, Ordering::Relaxed);
+            let counter = if status >= 500 || self.record.flags != "-" {
+                &endpoint.rq_error
+            } else {
+                &endpoint.rq_success
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            match self.record.flags {
+                "UF" => {
+                    endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                }
+                "UT" => {
+                    endpoint.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        let unknown = DestinationLabels::unknown();
+        self.ctx.metrics.record_request(&RequestSample {
+            destination: self.destination.as_ref().unwrap_or(&unknown),
+            protocol: self.request_protocol,
+            status,
+            flags: self.record.flags,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        });
+        self.ctx.access_log.write(&self.record);
+    }
+}
+
+/// Serves one downstream request. Never fails: every problem becomes a local
+/// reply.
+pub async fn serve(
+    ctx: Arc<Context>,
+    conn: ConnInfo,
+    listener: Arc<ListenerStats>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let mut record = AccessRecord::new(SystemTime::now(), conn.local, conn.remote);
+    listener.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
+    let snapshot = ctx.snapshot.load_full();
+
+    let received = Arc::new(AtomicU64::new(0));
+    let (mut parts, body) = request.into_parts();
+    prepare_downstream(&mut parts.headers, conn);
+    record.method = Some(parts.method.as_str().to_owned());
+    record.path = Some(path_and_query(&parts.uri).to_owned());
+    record.protocol = Some(protocol_name(parts.version));
+    record.forwarded_for = header_string(&parts.headers, &X_FORWARDED_FOR);
+    record.user_agent = header_string(&parts.headers, &header::USER_AGENT);
+    record.request_id = header_string(&parts.headers, &X_REQUEST_ID);
+    record.authority = authority(&parts.uri, &parts.headers).map(str::to_owned);
+    let request_protocol = if parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
+        "grpc"
+    } else {
+        "http"
+    };
+    let request = Request::from_parts(
+        parts,
+        RequestBody {
+            inner: body,
+            received: received.clone(),
+        },
+    );
+
+    let mut finisher = Finisher {
+        ctx: ctx.clone(),
+        listener,
+        record,
+        started,
+        received,
+        request_protocol,
+        destination: None,
+        cluster: None,
+        endpoint: None,
+    };
+    let response = match route_request(&ctx, &snapshot, conn, request, &mut finisher).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%error, "local reply");
+            finisher.record.flags = error.flag();
+            finisher.record.details = Some(error.details().to_owned());
+            finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
+            local_reply(error.status(), error.body())
+        }
+    };
+    finisher.record.status = response.status().as_u16();
+    Ok(response.map(|inner| ResponseBody {
+        inner,
+        sent: 0,
+        finisher: Some(finisher),
+    }))
+}
+
+async fn route_request(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    conn: ConnInfo,
+    request: Request<RequestBody>,
+    finisher: &mut Finisher,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(ListenerKind::Http(route_config)) = snapshot
+        .listener_by_bind_port(conn.listener_port)
+        .map(|l| &l.kind)
+    else {
+        return Err(ProxyError::NoRoute);
+    };
+    let authority = authority(request.uri(), request.headers())
+        .unwrap_or("")
+        .to_owned();
+    let Some(vhost) = route_config.select_virtual_host(&authority) else {
+        return Err(ProxyError::NoRoute);
+    };
+    let path = path_and_query(request.uri()).to_owned();
+    if vhost.require_tls {
+        finisher.record.details = Some("https_redirect".to_owned());
+        let location = format!("https://{}{}", host_only(&authority), path);
+        return Ok(redirect(StatusCode::MOVED_PERMANENTLY, &location));
+    }
+    let attributes = RequestAttributes {
+        method: request.method().as_str(),
+        scheme: "http",
+        authority: &authority,
+        path: &path,
+        headers: request.headers(),
+    };
+    let Some(route) = vhost.select_route(&attributes) else {
+        return Err(ProxyError::NoRoute);
+    };
+    finisher.record.route_name = Some(route.name.clone());
+    match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            finisher.record.details = Some("direct_response".to_owned());
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            Ok(local_reply(status, body.clone()))
+        }
+        RouteAction::Redirect(action) => {
+            finisher.record.details = Some("direct_response".to_owned());
+            let location = redirect_location(action, "http", &authority, &path);
+            let status =
+                StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let status = if status.is_redirection() {
+                status
+            } else {
+                StatusCode::MOVED_PERMANENTLY
+            };
+            Ok(redirect(status, &location))
+        }
+        RouteAction::Forward(forward) => {
+            forward_request(ctx, snapshot, route, forward, request, &authority, finisher).await
+        }
+    }
+}
+
+async fn forward_request(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    route: &Route,
+    forward: &ForwardAction,
+    mut request: Request<RequestBody>,
+    authority: &str,
+    finisher: &mut Finisher,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let choice = choose_weighted(&forward.clusters, random_u64())
+        .ok_or_else(|| ProxyError::ClusterNotFound(String::new()))?;
+    finisher.record.upstream_cluster = Some(choice.name.clone());
+    let cluster = snapshot
+        .cluster(&choice.name)
+        .ok_or_else(|| ProxyError::ClusterNotFound(choice.name.clone()))?;
+    finisher.destination = Some(DestinationLabels::of(cluster));
+    let state = ctx.balancer.state(&cluster.name);
+    state.rq_total.fetch_add(1, Ordering::Relaxed);
+    state.rq_active.fetch_add(1, Ordering::Relaxed);
+    finisher.cluster = Some(state.clone());
+    let Some(endpoint) = state.choose_endpoint(cluster) else {
+        state.cx_none_healthy.fetch_add(1, Ordering::Relaxed);
+        return Err(ProxyError::NoHealthyUpstream);
+    };
+    finisher.record.upstream_host = Some(endpoint.address);
+    let endpoint_stats = state.endpoint(endpoint.address);
+    endpoint_stats.rq_total.fetch_add(1, Ordering::Relaxed);
+    endpoint_stats.rq_active.fetch_add(1, Ordering::Relaxed);
+    finisher.endpoint = Some(endpoint_stats);
+
+    let http2 = cluster.protocol == UpstreamProtocol::Http2;
+    let original = path_and_query(request.uri()).to_owned();
+    let upstream_path = match &forward.prefix_rewrite {
+        Some(replacement) => rewrite_path(&original, &route.matcher.path, replacement),
+        None => original.clone(),
+    };
+    if upstream_path != original {
+        let value =
+            HeaderValue::from_str(&original).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        request.headers_mut().insert(X_ENVOY_ORIGINAL_PATH, value);
+    }
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.address.to_string())
+        .path_and_query(upstream_path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let host = forward.host_rewrite.as_deref().unwrap_or(authority);
+    if !host.is_empty() {
+        let value =
+            HeaderValue::from_str(host).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        request.headers_mut().insert(header::HOST, value);
+    }
+    prepare_upstream(request.headers_mut(), http2);
+
+    let client = ctx.upstreams.for_cluster(cluster);
+    let sent_at = Instant::now();
+    let pending = client.request(request);
+    let result = match forward.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, pending)
+            .await
+            .map_err(|_| ProxyError::Timeout)?,
+        None => pending.await,
+    };
+    let mut response = result.map_err(classify_client_error)?;
+    let service_time = sent_at.elapsed().as_millis() as u64;
+    finisher.record.upstream_service_time_ms = Some(service_time);
+    finisher.record.details = Some("via_upstream".to_owned());
+    if let Some(info) = response.extensions().get::<HttpInfo>() {
+        finisher.record.upstream_local = Some(info.local_addr());
+    }
+    strip_hop_by_hop(response.headers_mut());
+    response.headers_mut().insert(
+        X_ENVOY_UPSTREAM_SERVICE_TIME,
+        HeaderValue::from(service_time),
+    );
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// Sorts a client error into connect failure, protocol error or reset.
+fn classify_client_error(error: hyper_util::client::legacy::Error) -> ProxyError {
+    let innermost = {
+        let mut source: &(dyn std::error::Error + 'static) = &error;
+        while let Some(next) = source.source() {
+            source = next;
+        }
+        source.to_string()
+    };
+    if error.is_connect() {
+        return ProxyError::ConnectFailure(innermost);
+    }
+    let mut source = std::error::Error::source(&error);
+    while let Some(e) = source {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
+            && hyper_error.is_parse()
+        {
+            return ProxyError::UpstreamProtocol(hyper_error.to_string());
+        }
+        source = e.source();
+    }
+    ProxyError::UpstreamReset(innermost)
+}
+
+/// Adds what Envoy adds to every downstream request before routing: the
+/// client address to `x-forwarded-for` and an `x-request-id` when absent.
+pub fn prepare_downstream(headers: &mut HeaderMap, conn: ConnInfo) {
+    append_forwarded_for(headers, conn.remote.ip());
+    if !headers.contains_key(X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4().to_string();
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            headers.insert(X_REQUEST_ID, value);
+        }
+    }
+}
+
+/// Appends `ip` to `x-forwarded-for`, joining several header lines into one.
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let existing: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if existing.is_empty() {
+        ip.to_string()
+    } else {
+        format!("{}, {ip}", existing.join(", "))
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// Headers of the upstream request: hop-by-hop headers removed, and
+/// `x-forwarded-proto` set to the downstream scheme.
+pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool) {
+    let keep_te_trailers = http2
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(headers);
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    // No upgrade support yet: without this the upstream would switch protocols
+    // on a connection the proxy cannot relay.
+    headers.remove(header::UPGRADE);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The path after `rewrite.uri`: the matched prefix is replaced; an exact or
+/// regex match replaces the whole path. The query is kept.
+pub fn rewrite_path(path_and_query: &str, matched: &PathMatch, replacement: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let rewritten = match matched {
+        PathMatch::Prefix(prefix)
+            if path.len() >= prefix.len() && path.is_char_boundary(prefix.len()) =>
+        {
+            format!("{replacement}{}", &path[prefix.len()..])
+        }
+        _ => replacement.to_owned(),
+    };
+    match query {
+        Some(query) => format!("{rewritten}?{query}"),
+        None => rewritten,
+    }
+}
+
+/// `Location` of a `redirect` route: each part replaced when the route sets it.
+pub fn redirect_location(
+    action: &RedirectAction,
+    scheme: &str,
+    authority: &str,
+    path: &str,
+) -> String {
+    let scheme_out = action.scheme.as_deref().unwrap_or(scheme);
+    let (host, port) = match &action.authority {
+        Some(a) => split_host_port(a),
+        None => {
+            let (host, port) = split_host_port(authority);
+            // A scheme change drops the original port (it belonged to the old scheme).
+            (host, if scheme_out == scheme { port } else { None })
+        }
+    };
+    let port = action.port.or(port);
+    let port = match (scheme_out, port) {
+        ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
+    let path_out = match &action.path {
+        Some(p) if p.contains('?') => p.clone(),
+        Some(p) => match path.split_once('?') {
+            Some((_, query)) => format!("{p}?{query}"),
+            None => p.clone(),
+        },
+        None => path.to_owned(),
+    };
+    format!("{scheme_out}://{host}{port}{path_out}")
+}
+
+fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    let host = host_only(authority);
+    let port = authority[host.len()..]
+        .strip_prefix(':')
+        .and_then(|p| p.parse().ok());
+    (host, port)
+}
+
+/// `authority` without its port.
+fn host_only(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// `:authority` of an HTTP/2 request, else the `Host` header.
+fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+fn header_string(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
+}
+
+/// A local reply with a short text body.
+pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut response = local_reply(status, Bytes::new());
+    match HeaderValue::from_str(location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_client_ip() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "198.18.0.1".parse().unwrap());
+        assert_eq!(headers[&X_FORWARDED_FOR], "198.18.0.1");
+        append_forwarded_for(&mut headers, "198.18.0.2".parse().unwrap());
+        assert_eq!(headers[&X_FORWARDED_FOR], "198.18.0.1, 198.18.0.2");
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        headers.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        append_forwarded_for(&mut headers, "198.18.0.1".parse().unwrap());
+        assert_eq!(
+            headers.get_all(&X_FORWARDED_FOR).iter().count(),
+            1,
+            "joined into one line"
+        );
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 198.18.0.1");
+    }
+
+    #[test]
+    fn request_id_is_generated_only_when_absent() {
+        let conn = ConnInfo {
+            listener_port: 8080,
+            local: "198.18.0.2:8080".parse().unwrap(),
+            remote: "198.18.0.1:1234".parse().unwrap(),
+        };
+        let mut headers = HeaderMap::new();
+        prepare_downstream(&mut headers, conn);
+        let id = headers[&X_REQUEST_ID].to_str().unwrap().to_owned();
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+        prepare_downstream(&mut headers, conn);
+        assert_eq!(headers[&X_REQUEST_ID], id.as_str());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-keep", "yes"),
+            ("x-forwarded-proto", "https"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut h1 = headers.clone();
+        prepare_upstream(&mut h1, false);
+        let names: Vec<&str> = h1.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h1["x-keep"], "yes");
+        assert_eq!(h1["x-forwarded-proto"], "http");
+        let mut h2 = headers;
+        prepare_upstream(&mut h2, true);
+        assert_eq!(h2["te"], "trailers");
+    }
+
+    #[test]
+    fn path_rewrites() {
+        let prefix = |p: &str| PathMatch::Prefix(p.to_owned());
+        let cases = [
+            ("/api/v1?x=1", prefix("/api"), "/svc", "/svc/v1?x=1"),
+            ("/api", prefix("/api"), "/", "/"),
+            ("/api/x", prefix("/api"), "/", "//x"),
+            ("/API/x", prefix("/api"), "/v2", "/v2/x"),
+            (
+                "/exact?q",
+                PathMatch::Exact("/exact".into()),
+                "/new",
+                "/new?q",
+            ),
+        ];
+        for (path, matched, replacement, want) in cases {
+            assert_eq!(rewrite_path(path, &matched, replacement), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let action = |scheme: Option<&str>,
+                      authority: Option<&str>,
+                      port: Option<u16>,
+                      path: Option<&str>| {
+            RedirectAction {
+                status: 301,
+                scheme: scheme.map(str::to_owned),
+                authority: authority.map(str::to_owned),
+                port,
+                path: path.map(str::to_owned),
+            }
+        };
+        let cases = [
+            (
+                action(None, None, None, Some("/new")),
+                "a.com",
+                "/old?q=1",
+                "http://a.com/new?q=1",
+            ),
+            (
+                action(Some("https"), None, None, None),
+                "a.com:8080",
+                "/p",
+                "https://a.com/p",
+            ),
+            (
+                action(None, Some("b.com"), None, None),
+                "a.com:8080",
+                "/p",
+                "http://b.com/p",
+            ),
+            (
+                action(None, None, Some(9090), None),
+                "a.com:8080",
+                "/p",
+                "http://a.com:9090/p",
+            ),
+            (
+                action(None, None, None, None),
+                "a.com:8080",
+                "/p",
+                "http://a.com:8080/p",
+            ),
+            (
+                action(Some("https"), None, Some(443), None),
+                "a.com",
+                "/",
+                "https://a.com/",
+            ),
+        ];
+        for (action, authority, path, want) in cases {
+            assert_eq!(redirect_location(&action, "http", authority, path), want);
+        }
+    }
+
+    #[test]
+    fn host_only_strips_port() {
+        assert_eq!(host_only("a.com:80"), "a.com");
+        assert_eq!(host_only("a.com"), "a.com");
+        assert_eq!(host_only("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,287 @@
+//! Consumer of the snapshot: the userspace data path (HTTP and TCP proxying).
+//!
+//! Every connection reads the current [`Snapshot`] once per request (HTTP) or
+//! per connection (TCP) and keeps that `Arc` until it is done, so a config
+//! swap never changes a request half way. Errors are [`ProxyError`]s, mapped to
+//! a status, a response flag and a body in exactly one place.
+
+pub mod access_log;
+pub mod http;
+pub mod tcp;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use hyper::StatusCode;
+
+use crate::snapshot::Snapshot;
+use crate::stats::{Metrics, StatStore};
+
+use self::access_log::AccessLog;
+use self::upstream::{Balancer, UpstreamClients};
+
+/// What the data path shares across connections.
+#[derive(Debug)]
+pub struct Context {
+    /// The config being served; swapped whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Load-balancing state and per-endpoint stats, by cluster name.
+    pub balancer: Balancer,
+    /// Pooled upstream HTTP clients.
+    pub upstreams: UpstreamClients,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
+
+impl Context {
+    pub fn new(snapshot: Arc<Snapshot>, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+        Self {
+            snapshot: ArcSwap::new(snapshot),
+            balancer: Balancer::default(),
+            upstreams: UpstreamClients::default(),
+            metrics,
+            access_log,
+        }
+    }
+}
+
+/// The downstream connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    /// Bind port of the listener serving this connection (also when the
+    /// connection arrived on the listener's nodePort).
+    pub listener_port: u16,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Envoy-style counters of one listener (`listener.<name>.*`, and
+/// `http.outbound_<name>.*` for HTTP listeners).
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub downstream_cx_total: Arc<AtomicU64>,
+    pub downstream_cx_active: Arc<AtomicI64>,
+    pub downstream_rq_total: Arc<AtomicU64>,
+    /// 1xx..5xx responses.
+    pub downstream_rq_class: [Arc<AtomicU64>; 5],
+}
+
+impl ListenerStats {
+    /// Registers the counters of listener `name` in `store`.
+    pub fn new(store: &StatStore, name: &str, http: bool) -> Self {
+        let listener = |stat: &str| format!("listener.{name}.{stat}");
+        let rq = |stat: &str| {
+            if http {
+                store.counter(&format!("http.outbound_{name}.{stat}"))
+            } else {
+                Arc::default()
+            }
+        };
+        Self {
+            downstream_cx_total: store.counter(&listener("downstream_cx_total")),
+            downstream_cx_active: store.gauge(&listener("downstream_cx_active")),
+            downstream_rq_total: rq("downstream_rq_total"),
+            downstream_rq_class: [
+                rq("downstream_rq_1xx"),
+                rq("downstream_rq_2xx"),
+                rq("downstream_rq_3xx"),
+                rq("downstream_rq_4xx"),
+                rq("downstream_rq_5xx"),
+            ],
+        }
+    }
+
+    /// Counts a response by status class.
+    pub fn count_status(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.downstream_rq_class[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who caused a failure (Pingora's `ErrorSource`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something we cannot serve.
+    Downstream,
+    /// The backend failed or is missing.
+    Upstream,
+    /// The configuration routes nowhere.
+    Config,
+}
+
+/// Why a request or connection did not get a normal upstream answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No virtual host or no route matched (Envoy flag NR).
+    #[error("route not found")]
+    NoRoute,
+    /// The route names a cluster the snapshot does not have (NC).
+    #[error("cluster not found: {0}")]
+    ClusterNotFound(String),
+    /// The cluster has no serving endpoint (UH).
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    /// Connecting to the endpoint failed (UF).
+    #[error("upstream connect failure: {0}")]
+    ConnectFailure(String),
+    /// The upstream closed or reset before sending response headers (UC).
+    #[error("upstream reset before response: {0}")]
+    UpstreamReset(String),
+    /// The upstream sent something that is not HTTP (UPE).
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(String),
+    /// The route timeout expired before response headers (UT).
+    #[error("upstream request timeout")]
+    Timeout,
+    /// The request cannot be forwarded as it is (DPE).
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// Who is at fault.
+    pub fn source(&self) -> ErrorSource {
+        match self {
+            ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => ErrorSource::Config,
+            ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::NoHealthyUpstream
+            | ProxyError::ConnectFailure(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::Timeout => ErrorSource::Upstream,
+        }
+    }
+
+    /// The one place errors become HTTP statuses.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::ClusterNotFound(_)
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::ConnectFailure(_)
+            | ProxyError::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Envoy's `%RESPONSE_FLAGS%`.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "NR",
+            ProxyError::ClusterNotFound(_) => "NC",
+            ProxyError::NoHealthyUpstream => "UH",
+            ProxyError::ConnectFailure(_) => "UF",
+            ProxyError::UpstreamReset(_) => "UC",
+            ProxyError::UpstreamProtocol(_) => "UPE",
+            ProxyError::Timeout => "UT",
+            ProxyError::BadRequest(_) => "DPE",
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`.
+    pub fn details(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "route_not_found",
+            ProxyError::ClusterNotFound(_) => "cluster_not_found",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::ConnectFailure(_) => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ProxyError::UpstreamReset(_) => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            ProxyError::UpstreamProtocol(_) => {
+                "upstream_reset_before_response_started{protocol_error}"
+            }
+            ProxyError::Timeout => "response_timeout",
+            ProxyError::BadRequest(_) => "downstream_protocol_error",
+        }
+    }
+
+    /// The short body of the local reply, Envoy's wording where it has one.
+    pub fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "route not found",
+            ProxyError::ClusterNotFound(_) => "cluster not found",
+            ProxyError::NoHealthyUpstream => "no healthy upstream",
+            ProxyError::ConnectFailure(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+            }
+            ProxyError::UpstreamReset(_) => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+            }
+            ProxyError::UpstreamProtocol(_) => "upstream protocol error",
+            ProxyError::Timeout => "upstream request timeout",
+            ProxyError::BadRequest(_) => "bad request",
+        }
+    }
+
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`, when there is one.
+    pub fn transport_failure(&self) -> Option<&str> {
+        match self {
+            ProxyError::ConnectFailure(reason) => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_envoy_status_flag_and_body() {
+        let cases = [
+            (ProxyError::NoRoute, 404, "NR", "route not found"),
+            (
+                ProxyError::ClusterNotFound("c".into()),
+                503,
+                "NC",
+                "cluster not found",
+            ),
+            (
+                ProxyError::NoHealthyUpstream,
+                503,
+                "UH",
+                "no healthy upstream",
+            ),
+            (
+                ProxyError::ConnectFailure("refused".into()),
+                503,
+                "UF",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            (
+                ProxyError::UpstreamReset("eof".into()),
+                503,
+                "UC",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+            (
+                ProxyError::UpstreamProtocol("x".into()),
+                502,
+                "UPE",
+                "upstream protocol error",
+            ),
+            (ProxyError::Timeout, 504, "UT", "upstream request timeout"),
+            (
+                ProxyError::BadRequest("x".into()),
+                400,
+                "DPE",
+                "bad request",
+            ),
+        ];
+        for (error, status, flag, body) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            assert_eq!(error.flag(), flag, "{error}");
+            assert_eq!(error.body(), body, "{error}");
+        }
+        assert_eq!(ProxyError::NoRoute.source(), ErrorSource::Config);
+        assert_eq!(ProxyError::Timeout.source(), ErrorSource::Upstream);
+    }
+}
