@@ -104,8 +104,8 @@ spec:
         for (j, prefix) in table.prefix_list().iter().enumerate() {
             let _ = write!(
                 yaml,
-                "\
-  - name: r{j}
+                // No `\` line continuation here: it would eat the leading indentation.
+                "  - name: r{j}
     match:
     - uri:
         prefix: {prefix}
@@ -150,5 +150,52 @@ mod tests {
         assert!(backend.contains("  - 198.18.1.11\n"));
         assert!(backend.contains("kubernetes.io/service-name: bench-backend"));
         assert!(files[0].1.contains(&format!("targetPort: {LISTEN_PORT}")));
+    }
+
+    /// The daemon's own pipeline accepts the files without a warning and routes every
+    /// benchmark request to the backend cluster (what `ingressd check` and `explain` say).
+    #[test]
+    fn ingressd_compiles_and_routes_the_table() {
+        use ingress_userspace::explain::{Query, explain};
+        use ingress_userspace::pipeline::{Options, build_from_dir};
+
+        let table = sample();
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, yaml) in files(&table) {
+            std::fs::write(dir.path().join(name), yaml).expect("write yaml");
+        }
+        let outcome = build_from_dir(dir.path(), &Options::default());
+        let shown: Vec<String> = outcome
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(shown.is_empty(), "diagnostics: {shown:#?}");
+        let snapshot = outcome.snapshot.expect("no errors, so a snapshot");
+        let ask = |host: &str, path: &str| {
+            explain(
+                &snapshot,
+                &Query {
+                    port: 80,
+                    host: Some(host.to_owned()),
+                    path: Some(path.to_owned()),
+                    ..Query::default()
+                },
+            )
+        };
+        for (host, path) in table.requests() {
+            let answer = ask(&host, &path);
+            assert!(answer["error"].is_null(), "{host}{path}: {answer:#}");
+            let cluster = answer["cluster"].to_string();
+            assert!(
+                cluster.contains("bench-backend.default.svc.cluster.local"),
+                "{host}{path}: {answer:#}"
+            );
+        }
+        assert_eq!(ask("h000.bench.example", "/zz/item")["error"], "no_route");
+        assert_eq!(
+            ask("unknown.bench.example", "/r0/item")["error"],
+            "no_virtual_host"
+        );
     }
 }
