@@ -95,6 +95,28 @@ pub fn tree_cpu(root: u32) -> Result<TreeCpu> {
     Ok(TreeCpu { pids, ticks })
 }
 
+/// CPU ticks of this process plus its reaped children (`utime + stime + cutime + cstime`):
+/// covers the load generator, which runs as a child and is reaped before the sample.
+pub fn self_with_children() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("no `)` in /proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime(14) stime(15) cutime(16) cstime(17), index = field - 3.
+    let mut ticks = 0;
+    for i in 11..=14 {
+        let v: i64 = fields
+            .get(i)
+            .context("short /proc/self/stat")?
+            .parse()
+            .context("cpu field of /proc/self/stat")?;
+        ticks += u64::try_from(v).unwrap_or(0);
+    }
+    Ok(ticks)
+}
+
 /// Busy and total ticks of one core from `/proc/stat` (`cpuN` line).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CoreTicks {
@@ -141,6 +163,14 @@ pub fn cores() -> Vec<CoreTicks> {
         .unwrap_or_default()
 }
 
+/// Busy ticks of core `n` between two samples.
+pub fn busy_ticks(before: &[CoreTicks], after: &[CoreTicks], n: usize) -> u64 {
+    match (before.get(n), after.get(n)) {
+        (Some(b), Some(a)) => a.busy.saturating_sub(b.busy),
+        _ => 0,
+    }
+}
+
 /// Busy fraction (0..=1) of core `n` between two samples.
 pub fn busy_fraction(before: &[CoreTicks], after: &[CoreTicks], n: usize) -> f64 {
     match (before.get(n), after.get(n)) {
@@ -168,6 +198,14 @@ mod tests {
         let me = std::process::id();
         let tree = tree_cpu(me).unwrap();
         assert!(tree.pids.contains(&me));
+        // Burn a little CPU so the counters move past zero at tick resolution.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        assert!(self_with_children().unwrap() > 0);
     }
 
     #[test]
@@ -182,5 +220,6 @@ mod tests {
         // cpu1: busy +85 (50 user, 30 system, 5 softirq) out of +115 (30 more idle + iowait).
         assert!((busy_fraction(&before, &after, 1) - 85.0 / 115.0).abs() < 1e-9);
         assert!(busy_fraction(&before, &after, 0).is_nan());
+        assert_eq!(busy_ticks(&before, &after, 1), 85);
     }
 }

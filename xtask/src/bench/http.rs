@@ -191,7 +191,7 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
         .log_dir(dir.join("logs"))
         .build()?;
 
-    let _backends = start_backend(&topo, args.backend, &table, &dir, &testapp)?;
+    let backends = start_backend(&topo, args.backend, &table, &dir, &testapp)?;
     println!(
         "   backend: {:?} on {} (pods ns, core {LOAD_CORE})",
         args.backend,
@@ -235,6 +235,12 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
     }
 
     let clk = cpu::clock_ticks();
+    // Every process of the benchmark, to tell its CPU time from other work on the machine.
+    let bench_pids: Vec<u32> = backends
+        .iter()
+        .chain(proxies.iter().map(|p| &p.proc))
+        .map(Proc::pid)
+        .collect();
     println!(
         "\n== {} rounds of {}s per proxy, wrk -t1 -c{} (order {})",
         args.rounds,
@@ -250,7 +256,7 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
     for round in 1..=args.rounds {
         for p in &proxies {
             check_stop()?;
-            let run = measure(&topo, p, round, &script, args, clk)?;
+            let run = measure(&topo, p, &bench_pids, round, &script, args, clk)?;
             println!(
                 "   round {round} {:<14} {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  {:>5.1} µs CPU/req  proxy CPU {:>3.0}%  core0 {:>3.0}%",
                 p.kind.label(),
@@ -650,20 +656,33 @@ fn run_wrk(
     wrk::parse_result(&stdout)
 }
 
+/// One measured run of `p`. Besides the proxy's own CPU time it samples every core and
+/// every process of the benchmark (`bench_pids` and their children, this process and the
+/// wrk it reaps), so that CPU time nobody of the benchmark used shows as other load.
 fn measure(
     topo: &Topology,
     p: &Running,
+    bench_pids: &[u32],
     round: u32,
     script: &Path,
     args: &HttpArgs,
     clk: u64,
 ) -> Result<Run> {
+    let ours = || -> Result<u64> {
+        let mut ticks = cpu::self_with_children()?;
+        for pid in bench_pids {
+            ticks += cpu::tree_cpu(*pid)?.ticks;
+        }
+        Ok(ticks)
+    };
     let cores_before = cpu::cores();
+    let ours_before = ours()?;
     let before = cpu::tree_cpu(p.proc.pid())?;
     let started = Instant::now();
     let wrk = run_wrk(topo, p.kind, script, args.connections, args.duration)?;
     let after = cpu::tree_cpu(p.proc.pid())?;
     let wall_s = started.elapsed().as_secs_f64();
+    let ours_after = ours()?;
     let cores_after = cpu::cores();
     if before.pids != after.pids {
         bail!(
@@ -674,6 +693,11 @@ fn measure(
         );
     }
     let ticks = after.ticks.saturating_sub(before.ticks);
+    let busy: u64 = [0, 1]
+        .iter()
+        .map(|&n| cpu::busy_ticks(&cores_before, &cores_after, n))
+        .sum();
+    let other = busy.saturating_sub(ours_after.saturating_sub(ours_before));
     Ok(Run {
         proxy: p.kind.label().to_owned(),
         round,
@@ -682,6 +706,7 @@ fn measure(
         wall_s,
         core0_busy: cpu::busy_fraction(&cores_before, &cores_after, 0),
         core1_busy: cpu::busy_fraction(&cores_before, &cores_after, 1),
+        other_load: other as f64 / clk as f64 / wall_s,
     })
 }
 
@@ -722,6 +747,8 @@ struct Facts {
     ingressd: String,
     load_start: String,
     load_end: String,
+    /// The 1-minute load average was above 1 before or after the run.
+    busy: bool,
 }
 
 impl Facts {
@@ -773,6 +800,8 @@ impl Facts {
             haproxy: first_line(Command::new("haproxy").arg("-v")),
             wrk: first_line(Command::new("wrk").arg("-v")),
             ingressd,
+            busy: load_start.first().is_some_and(|l| *l > 1.0)
+                || load_end.first().is_some_and(|l| *l > 1.0),
             load_start: fmt_load(load_start),
             load_end: fmt_load(load_end),
         }
@@ -781,6 +810,8 @@ impl Facts {
 
 /// The `## HTTP routing` section of docs/benchmarks.md.
 fn section(summaries: &[report::Summary], runs: &[Run], facts: &Facts, args: &HttpArgs) -> String {
+    let others: Vec<f64> = runs.iter().map(|r| r.other_load).collect();
+    let pct = |v: f64| format!("{:.0}%", v * 100.0);
     let backend = match args.backend {
         BackendKind::Nginx => format!(
             "nginx 1 worker returning a fixed `200` ({} bytes) on {}",
@@ -804,12 +835,17 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
 {table}
 {verdict}
 
+{saturation}
+
 ### Machine
 
 - {cpu}, {cores} cores; Linux {kernel}
 - {nginx}; {haproxy}; {wrk}
 - {ingressd}
-- Load average (1/5/15 min) before: {load_start}; after: {load_end}
+- Load average (1/5/15 min) before: {load_start}; after: {load_end}{load_note}
+- Other load, the CPU time on both cores not used by the benchmark's processes during the
+  runs (other work on the machine, kernel work not charged to a process): median {other_median},
+  at most {other_max} of one core
 
 ### Method
 
@@ -844,6 +880,7 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
         duration = args.duration,
         table = report::table(summaries),
         verdict = report::target_verdict(summaries),
+        saturation = report::saturation_note(summaries),
         cpu = facts.cpu,
         cores = facts.cores,
         kernel = facts.kernel,
@@ -853,6 +890,11 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
         ingressd = facts.ingressd,
         load_start = facts.load_start,
         load_end = facts.load_end,
+        load_note = if facts.busy {
+            " (above 1: other work shared the cores during the run, so the numbers are noisier)"
+        } else {
+            ""
+        },
         backends = join(&BACKENDS),
         backend = backend,
         connections = args.connections,
@@ -864,6 +906,8 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
             .collect::<Vec<_>>()
             .join(", "),
         runs_table = report::runs_table(runs),
+        other_median = pct(report::median(&others)),
+        other_max = pct(others.iter().copied().fold(0.0, f64::max)),
     )
 }
 

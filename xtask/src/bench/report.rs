@@ -28,6 +28,9 @@ pub struct Run {
     pub core0_busy: f64,
     /// Busy fraction of core 1 (the proxy) during the run.
     pub core1_busy: f64,
+    /// CPU time on both cores used by processes outside the benchmark (and kernel work
+    /// not charged to a process), as a fraction of one core.
+    pub other_load: f64,
 }
 
 impl Run {
@@ -179,13 +182,13 @@ pub fn table(summaries: &[Summary]) -> String {
 /// Every run, for the record.
 pub fn runs_table(runs: &[Run]) -> String {
     let mut t = String::from(
-        "| round | proxy | requests | req/s | p50 | p99 | CPU/req | proxy CPU | core 0 busy | core 1 busy |\n\
-         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| round | proxy | requests | req/s | p50 | p99 | CPU/req | proxy CPU | core 0 busy | core 1 busy | other load |\n\
+         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in runs {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0} | {} | {} | {:.1} µs | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.1} µs | {} | {} | {} | {} |",
             r.round,
             r.proxy,
             r.wrk.requests,
@@ -196,6 +199,7 @@ pub fn runs_table(runs: &[Run]) -> String {
             pct(r.proxy_utilization()),
             pct(r.core0_busy),
             pct(r.core1_busy),
+            pct(r.other_load),
         );
     }
     t
@@ -217,6 +221,27 @@ pub fn target_verdict(summaries: &[Summary]) -> String {
         _ => "Target (CPU per request at or below nginx's): not measured in this run \
               (it needs both ingressd and nginx)."
             .to_owned(),
+    }
+}
+
+/// Says which proxies were not the bottleneck (median proxy CPU below 90% of its core):
+/// their req/s and latency then say more about the load side than about the proxy.
+pub fn saturation_note(summaries: &[Summary]) -> String {
+    let light: Vec<&str> = summaries
+        .iter()
+        .filter(|s| s.proxy_utilization < 0.9)
+        .map(|s| s.proxy.as_str())
+        .collect();
+    if light.is_empty() {
+        "Every proxy kept its core at least 90% busy, so req/s is its single-core throughput."
+            .to_owned()
+    } else {
+        format!(
+            "The proxy used less than 90% of its core for: {}. There something else limited \
+             req/s and latency: the load side (wrk and the backend share core 0) or other work \
+             on the machine (see other load below); CPU/req compares the proxies regardless.",
+            light.join(", ")
+        )
     }
 }
 
@@ -283,6 +308,7 @@ mod tests {
             wall_s: 10.0,
             core0_busy: 0.9,
             core1_busy: 1.0,
+            other_load: 0.02,
         }
     }
 
@@ -315,6 +341,11 @@ mod tests {
         assert!(t.contains("| ingressd | 11000 | 10000-12000 | 305 µs | 915 µs | 50.0 µs | 55% | 90% | 0 | 0 | 0.58 | 1.00 | 1.49 | 1.49 |"), "{t}");
         assert!(t.contains("| nginx | 19000 |"));
         assert!(target_verdict(&s).contains("**met**"));
+        assert!(
+            saturation_note(&s).contains(": ingressd."),
+            "{}",
+            saturation_note(&s)
+        );
         assert!(runs_table(&runs).lines().count() == 8);
     }
 
