@@ -31,6 +31,8 @@ pub struct Run {
     /// CPU time on both cores used by processes outside the benchmark (and kernel work
     /// not charged to a process), as a fraction of one core.
     pub other_load: f64,
+    /// Which attempt this was (runs disturbed by other load are redone).
+    pub attempt: u32,
 }
 
 impl Run {
@@ -182,13 +184,13 @@ pub fn table(summaries: &[Summary]) -> String {
 /// Every run, for the record.
 pub fn runs_table(runs: &[Run]) -> String {
     let mut t = String::from(
-        "| round | proxy | requests | req/s | p50 | p99 | CPU/req | proxy CPU | core 0 busy | core 1 busy | other load |\n\
-         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| round | proxy | requests | req/s | p50 | p99 | CPU/req | proxy CPU | core 0 busy | core 1 busy | other load | attempt |\n\
+         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in runs {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.0} | {} | {} | {:.1} µs | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.1} µs | {} | {} | {} | {} | {} |",
             r.round,
             r.proxy,
             r.wrk.requests,
@@ -200,6 +202,7 @@ pub fn runs_table(runs: &[Run]) -> String {
             pct(r.core0_busy),
             pct(r.core1_busy),
             pct(r.other_load),
+            r.attempt,
         );
     }
     t
@@ -309,6 +312,7 @@ mod tests {
             core0_busy: 0.9,
             core1_busy: 1.0,
             other_load: 0.02,
+            attempt: 1,
         }
     }
 
