@@ -40,6 +40,8 @@ const BACKENDS: [SocketAddrV4; 2] = [
 ];
 /// Core of the proxy under test.
 const PROXY_CORE: &str = "1";
+/// Longest wait for a quiet machine before one run.
+const QUIET_WAIT: Duration = Duration::from_secs(15);
 /// Core of the load generator and the backend.
 const LOAD_CORE: &str = "0";
 
@@ -121,8 +123,8 @@ pub struct HttpArgs {
     /// Other load (CPU outside the benchmark, in cores) above which a run is redone.
     #[arg(long, default_value_t = 0.10)]
     max_other_load: f64,
-    /// How often one run may be redone because of other load (bounded further by a time
-    /// budget equal to the planned measuring time).
+    /// How often one run may be redone because of other load. Redoing and waiting for a
+    /// quiet machine together stop once they took as long as the planned measuring time.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=5))]
     retries: u32,
 }
@@ -266,6 +268,7 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
     // redone, after waiting for a quiet moment, within a bounded number and time.
     let planned =
         Duration::from_secs(args.duration * u64::from(args.rounds) * proxies.len() as u64);
+    // Waiting and redoing may add at most the planned time.
     let retry_deadline = Instant::now() + planned * 2;
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
@@ -274,13 +277,10 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
             let run = loop {
                 check_stop()?;
                 attempt += 1;
-                if !wait_quiet(
-                    clk,
-                    args.max_other_load,
-                    Duration::from_secs(30),
-                    &check_stop,
-                )? {
-                    println!("   (the machine stayed busy for 30 s; measuring anyway)");
+                // Waiting, like redoing, stops once the time budget is spent.
+                let wait = QUIET_WAIT.min(retry_deadline.saturating_duration_since(Instant::now()));
+                if !wait_quiet(clk, args.max_other_load, wait, &check_stop)? {
+                    println!("   (the machine stayed busy; measuring anyway)");
                 }
                 let mut run = measure(&topo, p, &bench_pids, round, &script, args, clk)?;
                 run.attempt = attempt;
@@ -945,8 +945,9 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
   CPU time is utime + stime from `/proc/<pid>/stat` of the proxy's processes (nginx master and
   worker, haproxy, ingressd with all its threads) before and after each run.
 - Other load is the CPU time on both cores that the benchmark's processes did not use. Before
-  each run the benchmark waits (at most 30 s) until the machine is quiet; a run with more than
-  {max_other:.0}% of a core of other load is redone, at most {retries} times (attempt column).
+  each run the benchmark waits (at most 15 s) until the machine is quiet; a run with more than
+  {max_other:.0}% of a core of other load is redone, at most {retries} times (attempt column);
+  waiting and redoing stop once they took as long as the planned runs.
 - `status >= 400` is wrk's count of error responses; socket errors are connect/read/write/timeout.
 
 ### Every run
