@@ -1,0 +1,35 @@
+//! `cargo xtask bench <name>`: benchmarks (not tests).
+//!
+//! `http`: ingressd, nginx and HAProxy doing the same host + prefix routing, side by side
+//! in the namespace topology. The config generators (`routes` -> `istio`, `nginx`,
+//! `haproxy`) are pure and unit-tested; `http` runs the processes; `cpu`, `wrk` and
+//! `report` measure and write `docs/benchmarks.md`.
+
+mod cpu;
+mod haproxy;
+mod http;
+mod istio;
+mod nginx;
+mod report;
+mod routes;
+mod wrk;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::setup;
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum Bench {
+    /// HTTP routing: ingressd vs nginx vs HAProxy in the namespace topology.
+    Http(http::HttpArgs),
+}
+
+/// Runs one benchmark.
+pub fn run(bench: Bench) -> Result<()> {
+    setup::run(setup::Mode::Install)?;
+    match bench {
+        Bench::Http(args) => http::run_http(&args),
+    }
+}
