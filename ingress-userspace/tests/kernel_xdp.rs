@@ -330,3 +330,119 @@ fn xdp_ingress_forwards_real_tcp_connections_between_namespaces() {
     );
     drop(namespaces);
 }
+
+/// Whether `dev` (in the calling thread's namespace) has an XDP program.
+fn has_xdp(dev: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "link", "show", dev])
+        .output()
+        .expect("running ip link show");
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// The manager's hook choice and XDP link lifecycle: `--xdp on` attaches
+/// `xdp_ingress` in driver mode (veth accepts it) with `tc_ingress` behind,
+/// pins `links/xdp_ingress@<if>`; a restart adopts the links; `--xdp auto`
+/// puts veths on TC and removes the XDP links; cleanup leaves nothing.
+#[test]
+fn manager_picks_the_hook_per_interface_and_pins_xdp_links() {
+    use ingress_userspace::kernel::manager::{self, KernelManager, KernelOptions, XdpMode};
+    if !root_or_skip("kernel_xdp") {
+        return;
+    }
+    let t = tag("ixm");
+    let namespaces = Namespaces(vec![format!("{t}-node"), format!("{t}-peer")]);
+    let (node, peer) = (namespaces.0[0].clone(), namespaces.0[1].clone());
+    ip(&["netns", "add", &node]);
+    ip(&["netns", "add", &peer]);
+    let devs = [format!("{t}a"), format!("{t}b")];
+    for (i, dev) in devs.iter().enumerate() {
+        ip(&[
+            "link",
+            "add",
+            dev,
+            "netns",
+            &node,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &dev.to_uppercase(),
+            "netns",
+            &peer,
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("198.18.{}.1/24", 40 + i),
+            "dev",
+            dev,
+        ]);
+        ip(&["-n", &node, "link", "set", dev, "up"]);
+    }
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/ingressd-test-{t}"));
+    let root2 = root.clone();
+    in_netns(&node, move || {
+        let options = |xdp| KernelOptions {
+            pin_root: root2.clone(),
+            interfaces: devs.to_vec(),
+            xdp,
+        };
+        let pins = |m: &KernelManager| -> Vec<String> {
+            m.pins()
+                .into_iter()
+                .map(|p| {
+                    p.trim_start_matches(&format!("{}/", root2.display()))
+                        .to_owned()
+                })
+                .collect()
+        };
+        let started = KernelManager::start(&options(XdpMode::On))
+            .unwrap_or_else(|e| panic!("--xdp on: {}", ingress_userspace::kernel::chain(&e)));
+        for (hook, dev) in started.hooks().iter().zip(&devs) {
+            assert_eq!((hook.hook, hook.link), ("xdp", "attached"), "{hook:?}");
+            assert_eq!(hook.driver.as_deref(), Some("veth"));
+            assert!(has_xdp(dev), "{dev} runs xdp_ingress");
+            let pins = pins(&started);
+            for link in [
+                format!("links/xdp_ingress@{dev}"),
+                format!("links/tc_ingress@{dev}"),
+            ] {
+                assert!(pins.contains(&link), "{link} in {pins:?}");
+            }
+            assert!(pins.contains(&"progs/xdp_ingress".to_owned()));
+        }
+        drop(started);
+        assert!(
+            devs.iter().all(|d| has_xdp(d)),
+            "pinned links outlive the manager"
+        );
+
+        let adopted = KernelManager::start(&options(XdpMode::On)).expect("restart");
+        assert!(adopted.adopted());
+        for hook in adopted.hooks() {
+            assert_eq!((hook.hook, hook.link), ("xdp", "kept"), "{hook:?}");
+        }
+        drop(adopted);
+
+        let auto = KernelManager::start(&options(XdpMode::Auto)).expect("--xdp auto");
+        for (hook, dev) in auto.hooks().iter().zip(&devs) {
+            assert_eq!(hook.hook, "tc", "{hook:?}");
+            assert!(hook.reason.contains("virtual device"), "{}", hook.reason);
+            assert!(!has_xdp(dev), "the XDP link of {dev} was removed");
+            assert!(!pins(&auto).contains(&format!("links/xdp_ingress@{dev}")));
+        }
+        drop(auto);
+
+        let off = KernelManager::start(&options(XdpMode::Off)).expect("--xdp off");
+        assert!(off.hooks().iter().all(|h| h.reason == "tc: --xdp off"));
+        drop(off);
+        manager::cleanup(&root2).expect("cleanup");
+        assert!(!root2.exists(), "cleanup removes the pin root");
+        assert!(devs.iter().all(|d| !has_xdp(d)));
+    });
+    let _ = manager::cleanup(&root);
+    drop(namespaces);
+}
