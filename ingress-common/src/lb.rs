@@ -58,8 +58,13 @@ pub const SERVICE_STATS_MAP: &str = "LB_SERVICE_STATS";
 /// Per-CPU array indexed by backend id: [`TrafficCounters`] of each backend.
 pub const BACKEND_STATS_MAP: &str = "LB_BACKEND_STATS";
 
-/// Name of the TC classifier (attached on ingress of every node interface).
+/// Name of the TC classifier (attached with tcx on ingress of the node
+/// interfaces that do not get native XDP).
 pub const TC_PROGRAM: &str = "tc_ingress";
+
+/// Name of the XDP program: the same forwarding as [`TC_PROGRAM`] over the
+/// same maps, attached in driver (native) mode where that pays off.
+pub const XDP_PROGRAM: &str = "xdp_ingress";
 
 /// IP protocol number of TCP, the only one forwarded so far.
 pub const PROTO_TCP: u8 = 6;
@@ -183,8 +188,10 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
-/// Why the TC program gave a packet the verdict it did. The discriminant is
-/// the index into `LB_REASONS`. Every packet is counted exactly once.
+/// Why the forwarding program (`tc_ingress` or `xdp_ingress`) gave a packet
+/// the verdict it did. The discriminant is the index into `LB_REASONS`.
+/// Every packet is counted exactly once. New reasons are appended: the
+/// discriminants are indexes into pinned maps.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -217,11 +224,16 @@ pub enum Reason {
     DropNoSnatAddress = 12,
     /// Dropped: rewriting the packet failed (helper error).
     DropRewrite = 13,
+    /// Passed (`xdp_ingress` only): the FIB knows the route but not the
+    /// next hop's MAC address yet. XDP cannot ask the neighbour code to
+    /// resolve it (TC has `bpf_redirect_neigh`), so the packet goes up,
+    /// unchanged, to the TC program behind it.
+    PassNoNeigh = 14,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Forwarded,
         Reason::ReplyForwarded,
         Reason::PassNotIpv4,
@@ -236,6 +248,7 @@ impl Reason {
         Reason::DropConntrackFull,
         Reason::DropNoSnatAddress,
         Reason::DropRewrite,
+        Reason::PassNoNeigh,
     ];
 
     /// The label userspace exports.
@@ -255,6 +268,7 @@ impl Reason {
             Reason::DropConntrackFull => "drop_conntrack_full",
             Reason::DropNoSnatAddress => "drop_no_snat_address",
             Reason::DropRewrite => "drop_rewrite",
+            Reason::PassNoNeigh => "pass_no_neigh",
         }
     }
 }

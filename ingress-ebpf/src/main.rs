@@ -2,7 +2,8 @@
 //! into the `ingressd` binary. Entry points stay thin; logic lives in modules
 //! by concern.
 //!
-//! - `tc_ingress` (in-kernel TCP forwarding): `parse` -> `conntrack` ->
+//! - `tc_ingress` and `xdp_ingress` (in-kernel TCP forwarding, one logic
+//!   in `forward`, generic over `hook::Hook`): `parse` -> `conntrack` ->
 //!   `lb` (frontend, Maglev) -> `fib` -> `nat` (SNAT, rewrite; `csum`) ->
 //!   redirect, counted in `stats`.
 //! - `sk_lookup_steer` (nodePort steering of L7 ports): `steer`.
@@ -13,6 +14,8 @@
 mod conntrack;
 mod csum;
 mod fib;
+mod forward;
+mod hook;
 mod lb;
 mod nat;
 mod parse;
@@ -20,6 +23,7 @@ mod port_counter;
 mod stats;
 mod steer;
 mod tc_ingress;
+mod xdp_ingress;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -7,7 +7,7 @@ use core::num::NonZeroU32;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap},
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use ingress_common::lb::{
     Backend, FLOW_REPLY, FlowState, LbConfig, Reason, SNAT_ADDRS_CAPACITY, flow_hash,
@@ -15,7 +15,7 @@ use ingress_common::lb::{
 
 use crate::conntrack::{self, Claim};
 use crate::csum;
-use crate::parse::{IP_ADDRS_OFF, Tcp4};
+use crate::parse::{ETH_HLEN, IP_ADDRS_OFF, Ipv4Hdr, Tcp4, TcpHdr, ptr_at};
 
 #[map(name = "LB_SNAT_ADDRS")]
 static LB_SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(SNAT_ADDRS_CAPACITY, 0);
@@ -123,7 +123,38 @@ pub fn open_flow(
     Err(Reason::DropSnatExhausted)
 }
 
-/// Rewrites the packet's addresses and ports to `to`, with incremental
+/// XDP: rewrites the packet's addresses and ports to `to` in place, with
+/// RFC 1624 updates of the IPv4 header checksum (addresses) and the TCP
+/// checksum (pseudo-header addresses and ports). Branch-free: unchanged
+/// fields add `~x + x`, negative zero, which leaves the sum as it is.
+#[inline(always)]
+pub fn rewrite_xdp(ctx: &XdpContext, pkt: &Tcp4, to: &Tuple) -> Result<(), Reason> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let ip = ptr_at::<Ipv4Hdr>(start, end, ETH_HLEN)
+        .ok_or(Reason::DropRewrite)?
+        .cast_mut();
+    // The offset was checked by parse; the mask restates its bound (at most
+    // 14 + 60) for the verifier, which may have lost it across the map
+    // lookups and helper calls since.
+    let l4_off = (pkt.l4_off & 0x7f) as usize;
+    let tcp = ptr_at::<TcpHdr>(start, end, l4_off)
+        .ok_or(Reason::DropRewrite)?
+        .cast_mut();
+    let addrs = csum::diff32(pkt.saddr_be, to.saddr_be) + csum::diff32(pkt.daddr_be, to.daddr_be);
+    let ports = csum::diff16(pkt.sport_be, to.sport_be) + csum::diff16(pkt.dport_be, to.dport_be);
+    // SAFETY: both headers bounds-checked above; the frame is writable.
+    unsafe {
+        (*ip).check_be = csum::apply((*ip).check_be, addrs);
+        (*ip).saddr_be = to.saddr_be;
+        (*ip).daddr_be = to.daddr_be;
+        (*tcp).check_be = csum::apply((*tcp).check_be, addrs + ports);
+        (*tcp).source_be = to.sport_be;
+        (*tcp).dest_be = to.dport_be;
+    }
+    Ok(())
+}
+
+/// TC: rewrites the packet's addresses and ports to `to`, with incremental
 /// checksum updates. Only writes what changes.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, pkt: &Tcp4, to: &Tuple) -> Result<(), Reason> {

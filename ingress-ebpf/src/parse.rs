@@ -2,12 +2,14 @@
 //!
 //! XDP reads go through [`ptr_at`], which proves to the verifier that
 //! `start + offset + size_of::<T>() <= end` before the pointer is formed.
-//! The TC path copies headers out with [`tcp4`] instead (see there).
+//! [`tcp4`] parses through the [`Hook`] of the program (copies through
+//! `bpf_skb_load_bytes` in TC, `ptr_at` in XDP).
 
 use core::mem;
 
-use aya_ebpf::programs::TcContext;
 use ingress_common::lb::Reason;
+
+use crate::hook::Hook;
 
 /// Ethernet header length (no VLAN tags).
 pub const ETH_HLEN: usize = 14;
@@ -29,6 +31,7 @@ pub fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
 
 /// The fixed part of an IPv4 header, as on the wire.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv4Hdr {
     pub version_ihl: u8,
     pub tos: u8,
@@ -64,6 +67,7 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// The fixed 20 bytes of a TCP header, as on the wire.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct TcpHdr {
     pub source_be: u16,
     pub dest_be: u16,
@@ -77,10 +81,12 @@ pub struct TcpHdr {
     pub urg_ptr_be: u16,
 }
 
-/// What the TC path needs from an IPv4 TCP packet that passed every check.
+/// What the forwarding path needs from an IPv4 TCP packet that passed every check.
 pub struct Tcp4 {
     /// Offset of the TCP header from the start of the frame (honours IHL).
     pub l4_off: u32,
+    /// IPv4 total length (host order).
+    pub tot_len: u16,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
@@ -97,13 +103,14 @@ impl Tcp4 {
     }
 }
 
-/// Parses Ethernet, IPv4 and TCP headers of an skb, or says why the packet
+/// Parses Ethernet, IPv4 and TCP headers of a frame, or says why the packet
 /// is not a candidate for forwarding.
 ///
-/// Reads go through `bpf_skb_load_bytes`, which also works when the headers
-/// are not in the linear part of the skb and bounds-checks against the real
-/// packet length: no pointer to the packet survives this function, so later
-/// packet-changing helpers cannot invalidate anything.
+/// Reads are copies ([`Hook::load`]): in TC through `bpf_skb_load_bytes`,
+/// which also works when the headers are not in the linear part of the skb
+/// and bounds-checks against the real packet length; in XDP from a pointer
+/// checked against `data_end`. No pointer to the packet survives this
+/// function, so later packet-changing helpers cannot invalidate anything.
 ///
 /// Checks, in order: Ethernet header present and EtherType IPv4; the fixed
 /// IPv4 header present, version 4, IHL >= 5, total length covering the IP
@@ -117,18 +124,18 @@ impl Tcp4 {
 /// A GSO packet built by IPv4 BIG TCP (> 64 KiB, total length 0) is passed
 /// as malformed; BIG TCP for IPv4 is off unless `gro_ipv4_max_size` is raised.
 #[inline(always)]
-pub fn tcp4(ctx: &TcContext) -> Result<Tcp4, Reason> {
-    let ethertype: u16 = ctx.load(12).map_err(|_| Reason::PassMalformed)?;
+pub fn tcp4<C: Hook>(ctx: &C) -> Result<Tcp4, Reason> {
+    let ethertype: u16 = ctx.load(12).ok_or(Reason::PassMalformed)?;
     if ethertype != ETH_P_IP_BE {
         return Err(Reason::PassNotIpv4);
     }
-    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Reason::PassMalformed)?;
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).ok_or(Reason::PassMalformed)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(Reason::PassMalformed);
     }
     let ihl = u32::from(ip.version_ihl & 0x0f) * 4;
     let tot_len = u32::from(u16::from_be(ip.tot_len_be));
-    if ihl < 20 || tot_len < ihl || ETH_HLEN as u32 + tot_len > ctx.len() {
+    if ihl < 20 || tot_len < ihl || ETH_HLEN as u32 + tot_len > ctx.frame_len() {
         return Err(Reason::PassMalformed);
     }
     if ip.protocol != IPPROTO_TCP {
@@ -142,15 +149,14 @@ pub fn tcp4(ctx: &TcContext) -> Result<Tcp4, Reason> {
         return Err(Reason::PassMalformed);
     }
     let l4_off = ETH_HLEN as u32 + ihl;
-    let tcp: TcpHdr = ctx
-        .load(l4_off as usize)
-        .map_err(|_| Reason::PassMalformed)?;
+    let tcp: TcpHdr = ctx.load(l4_off as usize).ok_or(Reason::PassMalformed)?;
     let doff = u32::from(tcp.doff_res >> 4) * 4;
     if doff < 20 || ihl + doff > tot_len {
         return Err(Reason::PassMalformed);
     }
     Ok(Tcp4 {
         l4_off,
+        tot_len: tot_len as u16,
         saddr_be: ip.saddr_be,
         daddr_be: ip.daddr_be,
         sport_be: tcp.source_be,

@@ -1,34 +1,36 @@
 //! Kernel stage, `tc_ingress`: in-kernel forwarding of TCP frontends
 //! (DNAT + SNAT to a Maglev-chosen backend, reverse NAT of the replies),
-//! attached with tcx on ingress of every node interface.
-//!
-//! ```text
-//! parse -> conntrack hit?  yes: FIB toward the entry's destination, rewrite, redirect
-//!                          no:  frontend? no: pass
-//!                               pure SYN? no: drop
-//!                               Maglev -> backend, FIB -> egress, SNAT address and
-//!                               port, conntrack entries, rewrite, redirect
-//! ```
+//! attached with tcx on ingress of the node interfaces (all of them with
+//! `--xdp off`; behind `xdp_ingress` on the others). The decision is
+//! `forward`, shared with `xdp_ingress`; here are the TC specifics.
 //!
 //! Every packet is counted exactly once in `LB_REASONS`. Packets that are
 //! not ours are passed with `TC_ACT_UNSPEC` (tcx: "next"), so programs
-//! attached after this one (a CNI's, say) still see them.
+//! attached after this one (a CNI's, say) still see them. A packet that
+//! `xdp_ingress` on the same interface already counted and passed (it says
+//! so in the XDP metadata, see `xdp_ingress`) is passed without a look.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
-use ingress_common::lb::{FLOW_REPLY, Reason};
+use ingress_common::lb::Reason;
 
-use crate::nat::Tuple;
-use crate::{conntrack, fib, lb, nat, parse, stats};
+use crate::fib::{self, Route};
+use crate::forward::forward;
+use crate::hook::Hook;
+use crate::nat::{self, Tuple};
+use crate::parse::Tcp4;
+use crate::{stats, xdp_ingress};
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    let (reason, verdict) = match try_tc_ingress(&ctx) {
-        Ok(forwarded) => forwarded,
+    if xdp_ingress::passed_by_xdp(&ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    let (reason, verdict) = match forward(&ctx) {
+        Ok((reason, verdict)) => (reason, verdict as i32),
         Err(reason) => (reason, verdict_of(reason)),
     };
     stats::count_reason(reason);
@@ -43,63 +45,45 @@ fn verdict_of(reason: Reason) -> i32 {
         | Reason::PassNotTcp
         | Reason::PassNoFrontend
         | Reason::PassFragment
-        | Reason::PassMalformed => TC_ACT_UNSPEC,
+        | Reason::PassMalformed
+        | Reason::PassNoNeigh => TC_ACT_UNSPEC,
         _ => TC_ACT_SHOT as i32,
     }
 }
 
-/// Forwards the packet (`Ok((reason, redirect verdict))`) or says why not.
-#[inline(always)]
-fn try_tc_ingress(ctx: &TcContext) -> Result<(Reason, i32), Reason> {
-    let pkt = parse::tcp4(ctx)?;
-    // SAFETY: reading fields of the program's own context.
-    let (ingress_ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    // SAFETY: plain helper call.
-    let now_ns = unsafe { bpf_ktime_get_ns() };
+impl Hook for TcContext {
+    const RESOLVES_NEIGHBOURS: bool = true;
 
-    let key = conntrack::key(pkt.saddr_be, pkt.daddr_be, pkt.sport_be, pkt.dport_be);
-    if let Some(flow) = conntrack::lookup_and_touch(&key, pkt.flags, now_ns) {
-        let route = fib::lookup(ctx, ingress_ifindex, flow.new_saddr_be, flow.new_daddr_be)?;
-        let to = Tuple {
-            saddr_be: flow.new_saddr_be,
-            daddr_be: flow.new_daddr_be,
-            sport_be: flow.new_sport_be,
-            dport_be: flow.new_dport_be,
-        };
-        nat::rewrite(ctx, &pkt, &to)?;
-        let verdict = fib::redirect(ctx, &route)?;
-        stats::count_traffic(flow.service_id, flow.backend_id, len, false);
-        let reason = if flow.flags & FLOW_REPLY != 0 {
-            Reason::ReplyForwarded
-        } else {
-            Reason::Forwarded
-        };
-        return Ok((reason, verdict));
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        self.len()
     }
 
-    let frontend = lb::frontend(pkt.daddr_be, pkt.dport_be).ok_or(Reason::PassNoFrontend)?;
-    if !pkt.is_pure_syn() {
-        return Err(Reason::DropNoFlow);
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.skb.skb).ifindex }
     }
-    let (backend_id, backend) = lb::pick_backend(&frontend, &pkt)?;
-    let route = fib::lookup(ctx, ingress_ifindex, 0, backend.addr_be)?;
-    let snat_addr_be = nat::snat_addr(route.ifindex)?;
-    let snat_port_be = nat::open_flow(
-        &pkt,
-        frontend.service_id,
-        backend_id,
-        &backend,
-        snat_addr_be,
-        now_ns,
-    )?;
-    let to = Tuple {
-        saddr_be: snat_addr_be,
-        daddr_be: backend.addr_be,
-        sport_be: snat_port_be,
-        dport_be: backend.port_be,
-    };
-    nat::rewrite(ctx, &pkt, &to)?;
-    let verdict = fib::redirect(ctx, &route)?;
-    stats::count_traffic(frontend.service_id, backend_id, len, true);
-    Ok((Reason::Forwarded, verdict))
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        TcContext::load(self, offset).ok()
+    }
+
+    #[inline(always)]
+    fn fib_tot_len(&self, _ip_tot_len: u16) -> u16 {
+        // The kernel then checks the MTU against the skb itself, which is
+        // right for GSO packets too.
+        0
+    }
+
+    #[inline(always)]
+    fn rewrite(&self, pkt: &Tcp4, to: &Tuple) -> Result<(), Reason> {
+        nat::rewrite(self, pkt, to)
+    }
+
+    #[inline(always)]
+    fn redirect(&self, route: &Route) -> Result<u32, Reason> {
+        fib::redirect(self, route).map(|verdict| verdict as u32)
+    }
 }

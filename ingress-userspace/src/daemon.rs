@@ -92,11 +92,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let kernel = setup_kernel(&options)?;
     let mut kernel_line = match &lb {
         Some(manager) => format!(
-            "tc_ingress (tcx) on {:?}, sk_lookup_steer on the netns, pins in {}{}",
+            "forwarding on {:?}, sk_lookup_steer on the netns, pins in {}{}",
             manager
                 .hooks()
                 .iter()
-                .map(|h| h.name.as_str())
+                .map(|h| format!("{} ({})", h.name, h.hook))
                 .collect::<Vec<_>>(),
             options.pin_root.display(),
             if manager.adopted() { " (adopted)" } else { "" }
@@ -340,7 +340,7 @@ fn setup_lb(options: &RunOptions) -> anyhow::Result<Option<KernelManager>> {
     info!(
         pins = %options.pin_root.display(),
         adopted = started.adopted(),
-        "kernel path ready: tc_ingress forwards TCP services, sk_lookup_steer steers HTTP nodePorts"
+        "kernel path ready: tc_ingress/xdp_ingress forward TCP services, sk_lookup_steer steers HTTP nodePorts"
     );
     Ok(Some(started))
 }

@@ -760,7 +760,7 @@ pub fn explain_port(plan: &KernelPlan, port: u16) -> Option<Value> {
     let service = plan.service_for_port(port)?;
     Some(json!({
         "path": "forwarded",
-        "hook": "tc (tcx ingress) on every attached interface; native XDP is not implemented",
+        "hook": "per interface: xdp_ingress (native XDP) or tc_ingress (tcx ingress), see the kernel dump's hooks",
         "listener": service.listener,
         "frontends": service.frontends.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
         "maglev": maglev_summary(service),

@@ -102,9 +102,9 @@ enum KernelArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpArg {
-    /// Native XDP where it pays off (physical NICs), TC elsewhere.
+    /// Native XDP where it pays off (drivers of physical NICs that accept it), TC elsewhere.
     Auto,
-    /// Require native XDP forwarding (an error today: TC is the only forwarding hook).
+    /// Native XDP on every interface; an interface that refuses it is an error.
     On,
     /// TC (tcx) only.
     Off,

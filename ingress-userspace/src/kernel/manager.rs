@@ -1,15 +1,18 @@
 //! Kernel stage, lifecycle: load or adopt the pinned programs, links and maps
-//! under the pin root, attach `tc_ingress` (tcx) and `sk_lookup_steer`,
-//! write plans by their ordered diff, reap conntrack, read state back, and
-//! remove everything on `cleanup`.
+//! under the pin root, attach `tc_ingress` (tcx) or `xdp_ingress` (native
+//! XDP, `tc_ingress` behind it) per interface and `sk_lookup_steer`, write
+//! plans by their ordered diff, reap conntrack, read state back, and remove
+//! everything on `cleanup`.
 //!
 //! Pin layout (root `/sys/fs/bpf/ingressd` unless told otherwise):
 //!
 //! ```text
 //! <root>/<MAP NAME>                  every LB_* and STEER_* map
 //! <root>/progs/tc_ingress            the programs
+//! <root>/progs/xdp_ingress           (when an interface got native XDP)
 //! <root>/progs/sk_lookup_steer
 //! <root>/links/tc_ingress@<ifname>   one tcx ingress link per interface
+//! <root>/links/xdp_ingress@<ifname>  one XDP (driver mode) link per XDP interface
 //! <root>/links/sk_lookup_steer@netns the netns link
 //! ```
 //!
@@ -29,9 +32,9 @@ use aya::EbpfLoader;
 use aya::maps::{Array, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, SchedClassifier, SkLookup, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, SkLookup, TcAttachType, Xdp};
 use ingress_common::ABI_VERSION;
-use ingress_common::lb::{CONFIG_MAP, LbConfig, TC_PROGRAM};
+use ingress_common::lb::{CONFIG_MAP, LbConfig, TC_PROGRAM, XDP_PROGRAM};
 use ingress_common::steer::SK_LOOKUP_PROGRAM;
 use serde_json::{Value, json};
 
@@ -44,15 +47,16 @@ use crate::snapshot::Snapshot;
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/ingressd";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// `--xdp`.
+/// `--xdp`: which forwarding hook each interface gets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpMode {
-    /// Native XDP where it pays off; TC elsewhere (today: TC everywhere).
+    /// Native XDP (`xdp_ingress`) on interfaces whose driver is not a
+    /// virtual device's and accepts a driver-mode attachment; TC elsewhere.
     #[default]
     Auto,
-    /// Native XDP required: an error, no XDP forwarding program exists yet.
+    /// Native XDP on every interface; an interface that refuses is an error.
     On,
-    /// TC only.
+    /// TC (`tc_ingress`) only.
     Off,
 }
 
@@ -84,11 +88,13 @@ pub struct InterfaceHook {
     pub ifindex: u32,
     /// The SNAT address of forwarded packets leaving through it.
     pub address: Ipv4Addr,
-    /// `tc` (tcx ingress).
+    /// `tc` (tcx ingress) or `xdp` (native XDP, `tc_ingress` behind it for
+    /// packets whose next hop is not resolved yet).
     pub hook: &'static str,
     pub driver: Option<String>,
     pub reason: String,
-    /// `attached` now or `kept` (adopted from the pins).
+    /// `attached` now or `kept` (adopted from the pins); for `xdp`, of the
+    /// XDP link.
     pub link: &'static str,
 }
 
@@ -179,12 +185,130 @@ fn pinned_abi(root: &Path) -> Option<u32> {
     array.get(&0, 0).ok().map(|c| c.abi_version)
 }
 
+/// What an interface gets before trying: TC (with why), or an attempt at
+/// native XDP (with why, if it works).
+enum HookChoice {
+    Tc(String),
+    TryXdp(String),
+}
+
+/// The hook `--xdp` asks for on an interface with `driver`.
+fn hook_choice(xdp: XdpMode, driver: Option<&str>) -> HookChoice {
+    match (xdp, driver) {
+        (XdpMode::Off, _) => HookChoice::Tc("tc: --xdp off".to_owned()),
+        (XdpMode::On, driver) => HookChoice::TryXdp(format!(
+            "xdp (drv): --xdp on (driver {}); tc_ingress behind it for unresolved neighbours",
+            driver.unwrap_or("unknown")
+        )),
+        (XdpMode::Auto, Some(d)) if VIRTUAL_DRIVERS.contains(&d) => HookChoice::Tc(format!(
+            "tc: {d} is a virtual device; native XDP there drops GSO and costs about 4x single-stream throughput"
+        )),
+        (XdpMode::Auto, None) => HookChoice::Tc(
+            "tc: driver unknown (no ethtool driver info), so not tried for native XDP".to_owned(),
+        ),
+        (XdpMode::Auto, Some(d)) => HookChoice::TryXdp(format!(
+            "xdp (drv): driver {d} runs native XDP; tc_ingress behind it for unresolved neighbours"
+        )),
+    }
+}
+
+/// `xdp_ingress`: the pinned program when adopting, else loaded from the
+/// object and pinned (once, on first use).
+fn xdp_program<'a>(
+    object: &'a mut Option<&mut aya::programs::Program>,
+    pinned: &'a mut Option<Xdp>,
+    adopt: bool,
+    pin: &Path,
+) -> Result<&'a mut Xdp, KernelError> {
+    if pinned.is_none() && adopt {
+        *pinned = Xdp::from_pin(pin, aya_obj::programs::XdpAttachType::Interface).ok();
+    }
+    if let Some(program) = pinned.as_mut() {
+        return Ok(program);
+    }
+    let program: &mut Xdp = object
+        .as_deref_mut()
+        .ok_or(KernelError::MissingProgram(XDP_PROGRAM))?
+        .try_into()
+        .map_err(program_err(XDP_PROGRAM))?;
+    if program.fd().is_err() {
+        program.load().map_err(program_err(XDP_PROGRAM))?;
+        let _ = std::fs::remove_file(pin);
+        program.pin(pin).map_err(pin_err(pin))?;
+    }
+    Ok(program)
+}
+
+/// Attaches `xdp_ingress` to `name` in driver mode and pins the link, or
+/// keeps the pinned link when adopting.
+fn attach_xdp(
+    program: &mut Xdp,
+    name: &str,
+    pin: &Path,
+    adopt: bool,
+) -> Result<&'static str, KernelError> {
+    if adopt && PinnedLink::from_pin(pin).is_ok() {
+        return Ok("kept");
+    }
+    let _ = std::fs::remove_file(pin);
+    let id = program
+        .attach(name, aya::programs::XdpMode::Driver)
+        .map_err(|source| KernelError::Attach {
+            program: XDP_PROGRAM,
+            interface: name.to_owned(),
+            mode: super::AttachMode::Driver,
+            source,
+        })?;
+    let link = program.take_link(id).map_err(program_err(XDP_PROGRAM))?;
+    let fd: FdLink = link.try_into().map_err(|e| KernelError::Link {
+        what: format!("{XDP_PROGRAM} on {name} is not a bpf_link"),
+        source: e,
+    })?;
+    fd.pin(pin).map_err(pin_err(pin))?;
+    Ok("attached")
+}
+
+/// Attaches `tc_ingress` (tcx ingress) to `name` and pins the link, or keeps
+/// the pinned link when adopting and it is still attached there.
+fn attach_tc(
+    tc: &mut SchedClassifier,
+    tc_id: u32,
+    name: &str,
+    links: &Path,
+    adopt: bool,
+) -> Result<&'static str, KernelError> {
+    let pin = links.join(format!("{TC_PROGRAM}@{name}"));
+    let attached_here = SchedClassifier::query_tcx(name, TcAttachType::Ingress)
+        .map(|(_, programs)| programs.iter().any(|p| p.id() == tc_id))
+        .unwrap_or(false);
+    if adopt && attached_here && PinnedLink::from_pin(&pin).is_ok() {
+        return Ok("kept");
+    }
+    let _ = std::fs::remove_file(&pin);
+    let id = tc
+        .attach_with_options(
+            name,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|source| KernelError::Attach {
+            program: TC_PROGRAM,
+            interface: name.to_owned(),
+            mode: super::AttachMode::Skb,
+            source,
+        })?;
+    let link = tc.take_link(id).map_err(program_err(TC_PROGRAM))?;
+    let fd: FdLink = link.try_into().map_err(|e| KernelError::Link {
+        what: format!("{TC_PROGRAM} on {name} is not a tcx link"),
+        source: e,
+    })?;
+    fd.pin(&pin).map_err(pin_err(&pin))?;
+    Ok("attached")
+}
+
 impl KernelManager {
     /// Loads the object (or adopts the pins), attaches and pins everything.
     pub fn start(options: &KernelOptions) -> Result<Self, KernelError> {
-        if options.xdp == XdpMode::On {
-            return Err(KernelError::XdpUnavailable);
-        }
         let root = options.pin_root.clone();
         ensure_bpffs(&root)?;
         let adopt = match pinned_abi(&root) {
@@ -217,6 +341,15 @@ impl KernelManager {
             loader.map_pin_path(name, root.join(name));
         }
         let mut ebpf = loader.load(super::object())?;
+        // Both forwarding programs at once (one mutable borrow of the object).
+        let (mut tc_object, mut xdp_object) = (None, None);
+        for (name, program) in ebpf.programs_mut() {
+            match name {
+                TC_PROGRAM => tc_object = Some(program),
+                XDP_PROGRAM => xdp_object = Some(program),
+                _ => {}
+            }
+        }
 
         // tc_ingress: the pinned program when adopting, else a fresh one.
         let tc_pin = progs.join(TC_PROGRAM);
@@ -228,8 +361,8 @@ impl KernelManager {
         let tc: &mut SchedClassifier = match pinned_tc.as_mut() {
             Some(program) => program,
             None => {
-                let program: &mut SchedClassifier = ebpf
-                    .program_mut(TC_PROGRAM)
+                let program: &mut SchedClassifier = tc_object
+                    .take()
                     .ok_or(KernelError::MissingProgram(TC_PROGRAM))?
                     .try_into()
                     .map_err(program_err(TC_PROGRAM))?;
@@ -240,59 +373,64 @@ impl KernelManager {
             }
         };
         let tc_id = tc.info().map_err(program_err(TC_PROGRAM))?.id();
+        // xdp_ingress: loaded (or taken from its pin) only when an
+        // interface may get native XDP.
+        let xdp_pin = progs.join(XDP_PROGRAM);
+        let mut pinned_xdp = None;
         let mut hooks = Vec::new();
+        let mut wanted: Vec<String> = Vec::new();
         for (name, ifindex, address) in &interfaces {
-            let pin = links.join(format!("{TC_PROGRAM}@{name}"));
-            let attached_here = SchedClassifier::query_tcx(name, TcAttachType::Ingress)
-                .map(|(_, programs)| programs.iter().any(|p| p.id() == tc_id))
-                .unwrap_or(false);
-            let link = if adopt && attached_here && PinnedLink::from_pin(&pin).is_ok() {
-                "kept"
-            } else {
-                let _ = std::fs::remove_file(&pin);
-                let id = tc
-                    .attach_with_options(
-                        name,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|source| KernelError::Attach {
-                        program: TC_PROGRAM,
-                        interface: name.clone(),
-                        mode: super::AttachMode::Skb,
-                        source,
-                    })?;
-                let link = tc.take_link(id).map_err(program_err(TC_PROGRAM))?;
-                let fd: FdLink = link.try_into().map_err(|e| KernelError::Link {
-                    what: format!("{TC_PROGRAM} on {name} is not a tcx link"),
-                    source: e,
-                })?;
-                fd.pin(&pin).map_err(pin_err(&pin))?;
-                "attached"
-            };
             let driver = driver_of(name);
+            let mut choice = hook_choice(options.xdp, driver.as_deref());
+            let mut xdp_link = None;
+            if let HookChoice::TryXdp(why) = &choice {
+                let xdp = xdp_program(&mut xdp_object, &mut pinned_xdp, adopt, &xdp_pin)?;
+                let pin = links.join(format!("{XDP_PROGRAM}@{name}"));
+                match attach_xdp(xdp, name, &pin, adopt) {
+                    Ok(link) => {
+                        xdp_link = Some(link);
+                        wanted.push(format!("{XDP_PROGRAM}@{name}"));
+                        choice = HookChoice::TryXdp(why.clone());
+                    }
+                    Err(error) if options.xdp == XdpMode::On => return Err(error),
+                    Err(error) => {
+                        choice = HookChoice::Tc(format!(
+                            "tc: native XDP refused ({}); driver {}",
+                            super::chain(&error),
+                            driver.as_deref().unwrap_or("unknown")
+                        ));
+                    }
+                }
+            }
+            // tc_ingress on every interface: the hook itself, or behind
+            // xdp_ingress for the packets it passes up (PassNoNeigh).
+            let tc_link = attach_tc(tc, tc_id, name, &links, adopt)?;
+            wanted.push(format!("{TC_PROGRAM}@{name}"));
+            let (hook, reason, link) = match (choice, xdp_link) {
+                (HookChoice::TryXdp(why), Some(link)) => ("xdp", why, link),
+                (HookChoice::Tc(why), _) | (HookChoice::TryXdp(why), None) => ("tc", why, tc_link),
+            };
             hooks.push(InterfaceHook {
                 name: name.clone(),
                 ifindex: *ifindex,
                 address: *address,
-                hook: "tc",
-                reason: hook_reason(options.xdp, driver.as_deref()),
+                hook,
+                reason,
                 driver,
                 link,
             });
         }
-        // Links of interfaces no longer wanted go (removing the pin detaches).
-        let wanted: Vec<String> = interfaces
-            .iter()
-            .map(|(n, ..)| format!("{TC_PROGRAM}@{n}"))
-            .collect();
+        // Links no longer wanted go (removing the pin detaches): interfaces
+        // no longer selected, XDP links of interfaces that got TC now.
         for entry in
             std::fs::read_dir(&links).map_err(io(format!("reading {}", links.display())))?
         {
             let entry = entry.map_err(io(format!("reading {}", links.display())))?;
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with(&format!("{TC_PROGRAM}@")) && !wanted.contains(&file) {
-                tracing::info!(link = %file, "detaching from an interface no longer selected");
+            let ours = file.starts_with(&format!("{TC_PROGRAM}@"))
+                || file.starts_with(&format!("{XDP_PROGRAM}@"));
+            if ours && !wanted.contains(&file) {
+                tracing::info!(link = %file, "detaching a link no longer wanted");
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -789,15 +927,18 @@ const VIRTUAL_DRIVERS: [&str; 10] = [
     "bond",
 ];
 
-fn hook_reason(xdp: XdpMode, driver: Option<&str>) -> String {
-    match (xdp, driver) {
-        (XdpMode::Off, _) => "tc: --xdp off".to_owned(),
-        (_, Some(d)) if VIRTUAL_DRIVERS.contains(&d) => format!(
-            "tc: {d} is a virtual device; native XDP there drops GSO and costs about 4x single-stream throughput"
-        ),
-        (_, driver) => format!(
-            "tc: no XDP forwarding program is implemented yet (driver {})",
-            driver.unwrap_or("unknown")
-        ),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_choice_follows_the_flag_and_the_driver() {
+        let tc = |c: HookChoice| matches!(c, HookChoice::Tc(_));
+        assert!(tc(hook_choice(XdpMode::Off, Some("ixgbe"))));
+        assert!(tc(hook_choice(XdpMode::Auto, Some("veth"))));
+        assert!(tc(hook_choice(XdpMode::Auto, Some("bridge"))));
+        assert!(tc(hook_choice(XdpMode::Auto, None)));
+        assert!(!tc(hook_choice(XdpMode::Auto, Some("mlx5_core"))));
+        assert!(!tc(hook_choice(XdpMode::On, Some("veth"))));
     }
 }

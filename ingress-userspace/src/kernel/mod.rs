@@ -74,11 +74,6 @@ pub enum KernelError {
     /// The interfaces to attach to could not be found.
     #[error("interfaces: {0}")]
     Interfaces(String),
-    /// `--xdp on` without an XDP forwarding program.
-    #[error(
-        "--xdp on: no XDP forwarding program is implemented; TC (tcx) is the only forwarding hook (use --xdp auto or off)"
-    )]
-    XdpUnavailable,
     /// A filesystem operation on the pins failed.
     #[error("{what}")]
     Io {
