@@ -67,7 +67,7 @@ pub struct RunOptions {
     /// `--bpffs-root`: where the kernel path pins.
     pub pin_root: PathBuf,
     /// XDP attach mode of the port counter.
-    pub xdp_mode: AttachMode,
+    pub port_counter_mode: AttachMode,
     pub access_log: AccessLog,
     /// For `/server_info`.
     pub command_line: Vec<String>,
@@ -444,7 +444,7 @@ fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgra
     let attach = || -> anyhow::Result<PortCounterProgram> {
         let mut program = PortCounterProgram::load()?;
         for interface in &options.interfaces {
-            program.attach(interface, options.xdp_mode)?;
+            program.attach(interface, options.port_counter_mode)?;
         }
         Ok(program)
     };
@@ -455,12 +455,12 @@ fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgra
         }
         KernelMode::On => {
             let program = attach().context("--kernel on: setting up the eBPF program")?;
-            info!(interfaces = ?options.interfaces, mode = %options.xdp_mode, "xdp_port_counter attached");
+            info!(interfaces = ?options.interfaces, mode = %options.port_counter_mode, "xdp_port_counter attached");
             Ok(Some(program))
         }
         KernelMode::Auto => match attach() {
             Ok(program) => {
-                info!(interfaces = ?options.interfaces, mode = %options.xdp_mode, "xdp_port_counter attached");
+                info!(interfaces = ?options.interfaces, mode = %options.port_counter_mode, "xdp_port_counter attached");
                 Ok(Some(program))
             }
             Err(error) => {

@@ -146,9 +146,10 @@ struct RunArgs {
     /// Forwarding hook choice per interface.
     #[arg(long, value_enum, default_value = "auto")]
     xdp: XdpArg,
-    /// XDP attach mode of the port counter.
+    /// XDP attach mode of the per-port packet counter (`xdp_port_counter`,
+    /// attached with `--interfaces`); the forwarding hook is `--xdp`.
     #[arg(long, value_enum, default_value = "skb")]
-    xdp_mode: XdpModeArg,
+    port_counter_mode: XdpModeArg,
     /// Directory on bpffs where the kernel path pins its programs, links and maps.
     #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
     bpffs_root: PathBuf,
@@ -352,7 +353,7 @@ fn run(args: RunArgs) -> ExitCode {
             XdpArg::Off => XdpMode::Off,
         },
         pin_root: args.bpffs_root,
-        xdp_mode: match args.xdp_mode {
+        port_counter_mode: match args.port_counter_mode {
             XdpModeArg::Skb => AttachMode::Skb,
             XdpModeArg::Drv => AttachMode::Driver,
         },
