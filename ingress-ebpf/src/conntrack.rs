@@ -75,6 +75,55 @@ pub fn claim(key: &FlowKey, state: &FlowState) -> Claim {
     }
 }
 
+/// How long after its last packet a connection closed by FINs both ways
+/// keeps its SNAT port, so the last ACKs still find their entries.
+const FIN_GRACE_NS: u64 = 1_000_000_000;
+
+/// Frees a taken reply key whose connection is over: a RST seen either way,
+/// or a FIN seen both ways at least [`FIN_GRACE_NS`] ago. Removes both
+/// entries of that connection and returns whether the key is free now.
+///
+/// Without this, the SNAT ports of closed connections stay taken until the
+/// userspace reaper runs, and a burst of short connections to one backend
+/// exhausts the probes of new SYNs.
+#[inline(always)]
+pub fn reclaim_if_closed(reply_key: &FlowKey, now_ns: u64) -> bool {
+    // SAFETY: a copy is taken at once; the entry may change under us, which
+    // at worst makes us keep a port one packet longer.
+    let Some(reply) = (unsafe { LB_CONNTRACK.get(reply_key) }).copied() else {
+        return true;
+    };
+    // The reply entry rewrites to (frontend -> client): the original
+    // direction's key is the reverse of that.
+    let original_key = key(
+        reply.new_daddr_be,
+        reply.new_saddr_be,
+        reply.new_dport_be,
+        reply.new_sport_be,
+    );
+    // SAFETY: as above.
+    let original = unsafe { LB_CONNTRACK.get(&original_key) }.copied();
+    let (original_flags, original_seen) = original.map_or((0, 0), |o| (o.flags, o.last_seen_ns));
+    let flags = reply.flags | original_flags;
+    let last_seen = if original_seen > reply.last_seen_ns {
+        original_seen
+    } else {
+        reply.last_seen_ns
+    };
+    let reset = flags & FLOW_RST != 0;
+    let finished = reply.flags & FLOW_FIN != 0
+        && original_flags & FLOW_FIN != 0
+        && now_ns.saturating_sub(last_seen) >= FIN_GRACE_NS;
+    if !(reset || finished) {
+        return false;
+    }
+    if original.is_some() {
+        remove(&original_key);
+    }
+    remove(reply_key);
+    true
+}
+
 /// Inserts or replaces the entry of `key`.
 #[inline(always)]
 pub fn insert(key: &FlowKey, state: &FlowState) -> Result<(), i32> {

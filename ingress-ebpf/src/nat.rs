@@ -100,6 +100,14 @@ pub fn open_flow(
         let reply_key = conntrack::key(backend.addr_be, snat_addr_be, backend.port_be, port_be);
         match conntrack::claim(&reply_key, &reply) {
             Claim::Claimed => {}
+            // A port held by a connection that is over is taken over.
+            Claim::Taken if conntrack::reclaim_if_closed(&reply_key, now_ns) => {
+                match conntrack::claim(&reply_key, &reply) {
+                    Claim::Claimed => {}
+                    Claim::Taken => continue,
+                    Claim::Failed => return Err(Reason::DropConntrackFull),
+                }
+            }
             Claim::Taken => continue,
             Claim::Failed => return Err(Reason::DropConntrackFull),
         }

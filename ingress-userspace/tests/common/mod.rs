@@ -1060,6 +1060,55 @@ pub fn datapath_cases(t: &str, hook: Hook) -> (Datapath, Vec<u8>) {
             Reason::DropSnatExhausted,
         ),
     ]);
+    // Once the first connection is reset, its port is taken over at once by
+    // the next new connection (not only when the userspace reaper runs).
+    let reset = from_client(RST).tap(|t| t.sport = 40_004);
+    let next = from_client(SYN).tap(|t| t.sport = 40_005);
+    dp.check(&[
+        Case {
+            description: "one-port SNAT range: the first connection is reset",
+            ifindex: if_client,
+            input: reset.frame(),
+            verdict: Verdict::Redirect,
+            output: Expect::Frame(
+                Tcp {
+                    src_mac: NODE_P_MAC,
+                    dst_mac: BACKEND_B_MAC,
+                    saddr: NODE_PODS,
+                    daddr: BACKEND_B,
+                    sport: 62_000,
+                    dport: BACKEND_PORT,
+                    ..reset.clone()
+                }
+                .frame(),
+            ),
+            reason: Reason::Forwarded,
+        },
+        Case {
+            description: "one-port SNAT range: a reset connection's port is reused",
+            ifindex: if_client,
+            input: next.frame(),
+            verdict: Verdict::Redirect,
+            output: Expect::Frame(
+                Tcp {
+                    src_mac: NODE_P_MAC,
+                    dst_mac: BACKEND_B_MAC,
+                    saddr: NODE_PODS,
+                    daddr: BACKEND_B,
+                    sport: 62_000,
+                    dport: BACKEND_PORT,
+                    ..next.clone()
+                }
+                .frame(),
+            ),
+            reason: Reason::Forwarded,
+        },
+        dropped(
+            "one-port SNAT range: the live new connection keeps the port",
+            from_client(SYN).tap(|t| t.sport = 40_007).frame(),
+            Reason::DropSnatExhausted,
+        ),
+    ]);
     // The reply key includes the backend: port 62000 is still free towards
     // backend 1 (flip back to table 0).
     dp.set_frontend(NODE, NODE_PORT, 0, 0);
