@@ -1131,13 +1131,8 @@ fn connect_loop(topo: &Topology, target: SocketAddrV4, secs: u64, max: u64) -> R
 }
 
 /// Runs a short command in the node namespace; fails unless it exits 0.
-fn node_cmd(topo: &Topology, program: &str, args: &[&str], stdin: Option<&Path>) -> Result<()> {
+fn node_cmd(topo: &Topology, program: &str, args: &[&str]) -> Result<()> {
     let mut cmd = topo.exec_command(Ns::Node, program, args);
-    if let Some(file) = stdin {
-        cmd.stdin(
-            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
-        );
-    }
     let out = run_bounded(&mut cmd, Duration::from_secs(120))?;
     if !out.status.success() {
         bail!(
@@ -1171,25 +1166,35 @@ impl<'a> Iptables<'a> {
     /// took.
     fn install(&mut self, rules: u32) -> Result<f64> {
         if !self.jumps {
-            node_cmd(self.topo, "iptables", &["-t", "nat", "-N", CHAIN], None)?;
-            node_cmd(
-                self.topo,
-                "iptables",
-                &["-t", "nat", "-N", POST_CHAIN],
-                None,
-            )?;
+            node_cmd(self.topo, "iptables", &["-t", "nat", "-N", CHAIN])?;
+            node_cmd(self.topo, "iptables", &["-t", "nat", "-N", POST_CHAIN])?;
             self.jumps = true;
             for jump in iptables_jumps() {
                 let mut args = vec!["-t", "nat", "-A"];
                 args.extend(jump);
-                node_cmd(self.topo, "iptables", &args, None)?;
+                node_cmd(self.topo, "iptables", &args)?;
             }
         }
         let file = self.dir.join(format!("iptables-{rules}.rules"));
         std::fs::write(&file, iptables_rules(rules))?;
+        let file = file.display().to_string();
         let started = Instant::now();
-        node_cmd(self.topo, "iptables-restore", &["--noflush"], Some(&file))?;
-        Ok(started.elapsed().as_secs_f64())
+        node_cmd(self.topo, "iptables-restore", &["--noflush", &file])?;
+        let secs = started.elapsed().as_secs_f64();
+        let out = self.topo.exec(
+            Ns::Node,
+            "iptables",
+            ["-t", "nat", "-S", CHAIN],
+            Duration::from_secs(60),
+        )?;
+        let installed = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("-j DNAT"))
+            .count();
+        if installed != rules as usize {
+            bail!("iptables-restore installed {installed} DNAT rules instead of {rules}");
+        }
+        Ok(secs)
     }
 
     /// Removes the jumps, the chains and the node's conntrack entries.
@@ -1200,17 +1205,17 @@ impl<'a> Iptables<'a> {
         for jump in iptables_jumps() {
             let mut args = vec!["-t", "nat", "-D"];
             args.extend(jump);
-            node_cmd(self.topo, "iptables", &args, None)?;
+            node_cmd(self.topo, "iptables", &args)?;
         }
         for chain in [CHAIN, POST_CHAIN] {
-            node_cmd(self.topo, "iptables", &["-t", "nat", "-F", chain], None)?;
-            node_cmd(self.topo, "iptables", &["-t", "nat", "-X", chain], None)?;
+            node_cmd(self.topo, "iptables", &["-t", "nat", "-F", chain])?;
+            node_cmd(self.topo, "iptables", &["-t", "nat", "-X", chain])?;
         }
         self.jumps = false;
         // Connections of this datapath keep their NAT in conntrack; drop them so that no
         // later run meets them. Without the conntrack tool they age out (seconds for
         // the reset connections of the connect loop).
-        let _ = node_cmd(self.topo, "conntrack", &["-F"], None);
+        let _ = node_cmd(self.topo, "conntrack", &["-F"]);
         Ok(())
     }
 }
@@ -1405,12 +1410,7 @@ impl<'a> Daemon<'a> {
             return Ok(());
         }
         let bin = self.bin.display().to_string();
-        node_cmd(
-            self.topo,
-            &bin,
-            &["cleanup", "--bpffs-root", PIN_ROOT],
-            None,
-        )?;
+        node_cmd(self.topo, &bin, &["cleanup", "--bpffs-root", PIN_ROOT])?;
         let _ = std::fs::remove_dir_all(PIN_ROOT);
         Ok(())
     }
@@ -1518,6 +1518,24 @@ impl Bench<'_> {
                 cpu.other_load * 100.0
             );
         }
+    }
+
+    fn haproxy_ticks(&self) -> u64 {
+        cpu::tree_cpu(self.haproxy.pid()).map_or(0, |t| t.ticks)
+    }
+
+    /// Fails when HAProxy (always listening on node:30306) worked during a run of another
+    /// datapath: then that datapath did not take the port and HAProxy was measured.
+    fn check_bypassed(&self, d: Datapath, haproxy_before: u64) -> Result<()> {
+        let used = self.haproxy_ticks().saturating_sub(haproxy_before);
+        if d != Datapath::Haproxy && used > 5 {
+            bail!(
+                "haproxy used {used} CPU ticks during the {} run: that datapath did not take \
+                 node:{NODE_PORT}",
+                d.label()
+            );
+        }
+        Ok(())
     }
 
     fn node_pids(&self, daemon: &Daemon<'_>) -> Vec<u32> {
@@ -1759,9 +1777,12 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
                 let pids = bench.node_pids(&daemon);
                 let (iperf, cpu, attempt) = bench.measured(
                     || {
+                        let haproxy = bench.haproxy_ticks();
                         let w = Window::open(&pids);
                         let r = bench.iperf(d, streams)?;
-                        Ok((r, w.close(&pids, bench.clk)?))
+                        let cpu = w.close(&pids, bench.clk)?;
+                        bench.check_bypassed(d, haproxy)?;
+                        Ok((r, cpu))
                     },
                     |r: &Iperf, c, attempt| {
                         println!(
@@ -1803,9 +1824,12 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
             let pids = bench.node_pids(&daemon);
             let (conn, cpu, attempt) = bench.measured(
                 || {
+                    let haproxy = bench.haproxy_ticks();
                     let w = Window::open(&pids);
                     let r = connect_loop(&topo, d.target(), args.conn_secs, args.conn_max)?;
-                    Ok((r, w.close(&pids, bench.clk)?))
+                    let cpu = w.close(&pids, bench.clk)?;
+                    bench.check_bypassed(d, haproxy)?;
+                    Ok((r, cpu))
                 },
                 |r: &ConnResult, c, attempt| {
                     println!(
@@ -1847,7 +1871,7 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
             .join(", ")
     );
     let mut scale = Vec::new();
-    let conn_step = |system: &'static str,
+    let conn_step = |d: Datapath,
                      services: u32,
                      program_s: f64,
                      in_kernel: Option<u32>|
@@ -1855,14 +1879,23 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
         let target = SocketAddrV4::new(NODE_ADDR, NODE_PORT);
         let (conn, cpu, _) = bench.measured(
             || {
+                let haproxy = bench.haproxy_ticks();
                 let w = Window::open(&[]);
                 let r = connect_loop(&topo, target, args.conn_secs, args.conn_max)?;
-                Ok((r, w.close(&[], bench.clk)?))
+                let cpu = w.close(&[], bench.clk)?;
+                bench.check_bypassed(d, haproxy)?;
+                Ok((r, cpu))
             },
             |_: &ConnResult, _, _| {},
         )?;
+        let program = if program_s.is_nan() {
+            "(nothing to time)".to_owned()
+        } else {
+            format!("programmed in {program_s:.3} s")
+        };
         println!(
-            "   {system:<8} {services:>6} services: programmed in {program_s:.3} s{}; {:.0} conn/s, {:.0} until the first failure ({} failed, {} over 100 ms), other {:.0}%",
+            "   {:<8} {services:>6} services: {program}{}; {:.0} conn/s, {:.0} until the first failure ({} failed, {} over 100 ms), other {:.0}%",
+            d.label(),
             in_kernel.map_or_else(String::new, |k| format!(" ({k} in the kernel)")),
             conn.rate(),
             conn.clean_rate(),
@@ -1871,7 +1904,7 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
             cpu.other_load * 100.0
         );
         Ok(ScaleStep {
-            system,
+            system: d.label(),
             services,
             program_s,
             in_kernel,
@@ -1890,19 +1923,19 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
         } else {
             daemon.reprogram(n)?
         };
-        let mut step = conn_step("ingressd", n, secs, Some(in_kernel))?;
+        let mut step = conn_step(Datapath::Ingressd, n, secs, Some(in_kernel))?;
         step.drops = daemon.kernel_drops()?;
         scale.push(step);
         daemon.stop()?;
     }
     {
         let secs = iptables.install(1)?;
-        scale.push(conn_step("iptables", 1, secs, None)?);
+        scale.push(conn_step(Datapath::Iptables, 1, secs, None)?);
         for &n in &args.scale {
             bench.check_stop()?;
             iptables.remove()?;
             let secs = iptables.install(n)?;
-            scale.push(conn_step("iptables", n, secs, None)?);
+            scale.push(conn_step(Datapath::Iptables, n, secs, None)?);
         }
         iptables.remove()?;
     }
@@ -2085,14 +2118,18 @@ rate through node:30306 with them present.
   (RST); the backend (a thread on core 0) accepts, sends the byte, waits for the close and
   closes with RST. A connection counts when the byte arrived, so proxies are measured end
   to end. Ephemeral ports 10240-60999 (below ingressd's SNAT ports), `tcp_tw_reuse=1` in every namespace.
-- Rule scaling: ingressd: the daemon runs with 1 service, then the config is rewritten
-  (one file, atomic rename) to N services (service i > 0: port 10000+i, nodePort 40000+i,
-  every route to the same backend Service); the time is from the write to the daemon's next
-  `kernel maps updated` log line (it includes the config watcher's ~200 ms debounce),
-  and the services it left out of the kernel are its `not forwarded in the kernel` notes.
-  Before each N the config goes back to 1 service. iptables: `iptables-restore --noflush`
-  of the chain with N rules (wall time of the command). Then the connect loop through
-  node:30306 with the N services present.
+- Rule scaling: ingressd: a fresh daemon runs with 1 service, then its config is replaced
+  by one with N services: N ports in the gateway Service (service i > 0: port 10000+i,
+  nodePort 40000+i), N TCP servers in the Gateway, one VirtualService with N `tcp` routes
+  (the daemon's YAML loader takes at most 1024 documents and 250,000 nodes per file, so
+  not one VirtualService per service), all to the same backend Service. The files are
+  swapped in at once the way a Kubernetes ConfigMap volume does it (a `..data` symlink
+  replaced by a rename). The time is from the swap to the daemon's next `kernel maps
+  updated` log line (it includes the config watcher's ~200 ms debounce); the services it
+  left out of the kernel are its `not forwarded in the kernel` notes. iptables:
+  `iptables-restore --noflush` of the chain with N rules (wall time of the command, rule
+  count checked after). Then the connect loop through node:30306 with the N services
+  present; the daemon's kernel drop counters are read after it.
 - Before each run the benchmark waits (at most 15 s) until the machine is quiet; a run with
   more than {max_other:.0}% of a core of other load is redone, at most {retries} times
   (attempt column); waiting and redoing stop once they took as long as the planned runs.
@@ -2228,6 +2265,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The daemon's loader reads the ConfigMap-style directory through its `..data` link
+    /// and sees only the latest version.
+    #[test]
+    fn versioned_config_swaps_every_file_at_once() {
+        use ingress_userspace::pipeline::{Options, build_from_dir};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = VersionedConfig::new(dir.path()).expect("config dir");
+        for n in [3, 2] {
+            config.write(n).expect("write");
+            let outcome = build_from_dir(config.path(), &Options::default());
+            let shown: Vec<String> = outcome
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert!(shown.is_empty(), "diagnostics: {shown:#?}");
+            let snapshot = outcome.snapshot.expect("a snapshot");
+            assert_eq!(snapshot.listeners.len(), n as usize);
+        }
+        let link = std::fs::read_link(config.path().join("..data")).expect("..data link");
+        assert!(link.ends_with("v2"), "{}", link.display());
     }
 
     #[test]
