@@ -645,6 +645,8 @@ pub struct ConnRun {
 pub struct ScaleStep {
     /// `ingressd` or `iptables`.
     pub system: &'static str,
+    /// Round, from 1 (0 in the medians of [`summarize_scale`]).
+    pub round: u32,
     /// Services (ingressd) or DNAT rules (iptables) present.
     pub services: u32,
     /// Seconds from the config write to the daemon's `kernel maps updated`, or of the
@@ -860,6 +862,52 @@ pub fn targets(s: &[Summary], scale: &[ScaleStep], streams: u32) -> String {
     out
 }
 
+/// One step per (datapath, service count) with the medians over the rounds: time to
+/// program, new connections per second (all, and until the first failure), the fewest
+/// services in the kernel, failures and drops summed, the most other load.
+pub fn summarize_scale(steps: &[ScaleStep]) -> Vec<ScaleStep> {
+    let mut keys: Vec<(&'static str, u32)> = Vec::new();
+    for s in steps {
+        if !keys.contains(&(s.system, s.services)) {
+            keys.push((s.system, s.services));
+        }
+    }
+    keys.into_iter()
+        .map(|(system, services)| {
+            let mine: Vec<&ScaleStep> = steps
+                .iter()
+                .filter(|s| s.system == system && s.services == services)
+                .collect();
+            let med = |f: &dyn Fn(&ScaleStep) -> f64| {
+                median(&mine.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+            for (reason, n) in mine.iter().flat_map(|s| &s.drops) {
+                *drops.entry(reason.clone()).or_default() += n;
+            }
+            // Rates as counts over one second, so that rate() and clean_rate() are the medians.
+            ScaleStep {
+                system,
+                round: 0,
+                services,
+                program_s: med(&|s| s.program_s),
+                in_kernel: mine.iter().filter_map(|s| s.in_kernel).min(),
+                conn: ConnResult {
+                    ok: med(&|s| s.conn.rate()).round() as u64,
+                    failed: mine.iter().map(|s| s.conn.failed).sum(),
+                    seconds: 1.0,
+                    slow: mine.iter().map(|s| s.conn.slow).sum(),
+                    max_s: mine.iter().map(|s| s.conn.max_s).fold(0.0, f64::max),
+                    clean_ok: med(&|s| s.conn.clean_rate()).round() as u64,
+                    clean_s: 1.0,
+                },
+                other_load: mine.iter().map(|s| s.other_load).fold(0.0, f64::max),
+                drops,
+            }
+        })
+        .collect()
+}
+
 /// What the report says about connections the kernel path dropped, if it dropped any.
 pub fn drops_note(s: &[Summary], scale: &[ScaleStep]) -> String {
     let mut all: BTreeMap<String, u64> = BTreeMap::new();
@@ -900,13 +948,13 @@ pub fn drops_note(s: &[Summary], scale: &[ScaleStep]) -> String {
 /// The rule-scaling table.
 pub fn scale_table(steps: &[ScaleStep]) -> String {
     let mut t = String::from(
-        "| datapath | services | forwarded in the kernel | time to program | new conn/s | failed | new conn/s until the first failure | vs 1 service | kernel drops | other load |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| round | datapath | services | forwarded in the kernel | time to program | new conn/s | failed | new conn/s until the first failure | vs 1 service | kernel drops | other load |\n\
+         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for s in steps {
         let base = steps
             .iter()
-            .find(|b| b.system == s.system && b.services == 1)
+            .find(|b| b.system == s.system && b.round == s.round && b.services == 1)
             .map(|b| b.conn.clean_rate());
         let program = if s.program_s.is_nan() {
             "-".to_owned()
@@ -915,7 +963,12 @@ pub fn scale_table(steps: &[ScaleStep]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {program} | {:.0} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {program} | {:.0} | {} | {:.0} | {} | {} | {} |",
+            if s.round == 0 {
+                "median".to_owned()
+            } else {
+                s.round.to_string()
+            },
             s.system,
             s.services,
             s.in_kernel
@@ -1905,6 +1958,7 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
         );
         Ok(ScaleStep {
             system: d.label(),
+            round: 0,
             services,
             program_s,
             in_kernel,
@@ -1913,31 +1967,38 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
             drops: BTreeMap::new(),
         })
     };
-    // ingressd: a fresh daemon (empty conntrack) per step; the baseline has nothing to
-    // time, the others from the config write to the kernel maps.
-    for n in std::iter::once(1).chain(args.scale.iter().copied()) {
-        bench.check_stop()?;
-        daemon.start(1)?;
-        let (secs, in_kernel) = if n == 1 {
-            (f64::NAN, 1)
-        } else {
-            daemon.reprogram(n)?
-        };
-        let mut step = conn_step(Datapath::Ingressd, n, secs, Some(in_kernel))?;
-        step.drops = daemon.kernel_drops()?;
-        scale.push(step);
-        daemon.stop()?;
-    }
-    {
-        let secs = iptables.install(1)?;
-        scale.push(conn_step(Datapath::Iptables, 1, secs, None)?);
-        for &n in &args.scale {
+    for round in 1..=args.rounds {
+        // ingressd: a fresh daemon (empty conntrack) per step; the baseline has nothing to
+        // time, the others from the config write to the kernel maps.
+        for n in std::iter::once(1).chain(args.scale.iter().copied()) {
             bench.check_stop()?;
-            iptables.remove()?;
-            let secs = iptables.install(n)?;
-            scale.push(conn_step(Datapath::Iptables, n, secs, None)?);
+            daemon.start(1)?;
+            let (secs, in_kernel) = if n == 1 {
+                (f64::NAN, 1)
+            } else {
+                daemon.reprogram(n)?
+            };
+            let mut step = conn_step(Datapath::Ingressd, n, secs, Some(in_kernel))?;
+            step.round = round;
+            step.drops = daemon.kernel_drops()?;
+            scale.push(step);
+            daemon.stop()?;
         }
-        iptables.remove()?;
+        {
+            let secs = iptables.install(1)?;
+            let mut step = conn_step(Datapath::Iptables, 1, secs, None)?;
+            step.round = round;
+            scale.push(step);
+            for &n in &args.scale {
+                bench.check_stop()?;
+                iptables.remove()?;
+                let secs = iptables.install(n)?;
+                let mut step = conn_step(Datapath::Iptables, n, secs, None)?;
+                step.round = round;
+                scale.push(step);
+            }
+            iptables.remove()?;
+        }
     }
     drop(acceptor);
     let load_end = load_average();
@@ -2043,6 +2104,7 @@ fn section(
     facts: &Facts,
     args: &TcpArgs,
 ) -> String {
+    let scale_medians = summarize_scale(scale);
     let others: Vec<f64> = tput
         .iter()
         .map(|r| r.cpu.other_load)
@@ -2069,9 +2131,9 @@ Targets:
 {drops_note}
 ### Rule scaling
 
-Services forwarded (ingressd: TCP servers + VirtualServices; iptables: DNAT rules in one
+Services forwarded (ingressd: TCP servers + `tcp` routes; iptables: DNAT rules in one
 chain, the measured nodePort's rule last), the time to program them, and the connection
-rate through node:30306 with them present.
+rate through node:30306 with them present; medians of {rounds} rounds.
 
 {scale_table}
 ### Machine
@@ -2136,13 +2198,15 @@ rate through node:30306 with them present.
 
 ### Every run
 
-{runs_table}",
+{runs_table}
+{scale_runs}",
         date = facts.date,
         rounds = args.rounds,
         table = table(summaries, args.streams),
-        targets = targets(summaries, scale, args.streams),
+        targets = targets(summaries, &scale_medians, args.streams),
         drops_note = drops_note(summaries, scale),
-        scale_table = scale_table(scale),
+        scale_table = scale_table(&scale_medians),
+        scale_runs = scale_table(scale),
         cpu = facts.cpu,
         cores = facts.cores,
         kernel = facts.kernel,
@@ -2417,6 +2481,7 @@ mod tests {
     fn step(system: &'static str, services: u32, in_kernel: Option<u32>, rate: f64) -> ScaleStep {
         ScaleStep {
             system,
+            round: 1,
             services,
             program_s: 0.5,
             in_kernel,
@@ -2484,7 +2549,7 @@ mod tests {
         );
         let st = scale_table(&scale);
         assert!(
-            st.contains("| iptables | 10000 | - | 0.500 s | 3000 | 0 | 3000 | 0.33 | - | 0% |"),
+            st.contains("| 1 | iptables | 10000 | - | 0.500 s | 3000 | 0 | 3000 | 0.33 | - | 0% |"),
             "{st}"
         );
         assert!(drops_note(&s, &scale).contains("dropped no packet"));
@@ -2493,5 +2558,28 @@ mod tests {
         let note = drops_note(&s, &dropped);
         assert!(note.contains("(drop_snat_exhausted 3,"), "{note}");
         assert_eq!(runs_table(&runs, &conns).lines().count(), 2 + 9);
+
+        let mut rounds = Vec::new();
+        for (round, (rate, program)) in [(3000.0, 0.2), (1000.0, 0.4), (2000.0, 0.3)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut one = step("iptables", 1, None, 4000.0);
+            one.round = round as u32 + 1;
+            let mut many = step("iptables", 10_000, None, rate);
+            many.round = round as u32 + 1;
+            many.program_s = program;
+            rounds.extend([one, many]);
+        }
+        let medians = summarize_scale(&rounds);
+        assert_eq!(medians.len(), 2);
+        assert_eq!(medians[1].conn.clean_rate(), 2000.0);
+        assert_eq!(medians[1].program_s, 0.3);
+        let t = scale_table(&medians);
+        assert!(
+            t.contains("| median | iptables | 10000 | - | 0.300 s | 2000 | 0 | 2000 | 0.50 |"),
+            "{t}"
+        );
+        assert!(scale_table(&rounds).contains("| 2 | iptables | 10000 | - | 0.400 s | 1000 |"));
     }
 }
