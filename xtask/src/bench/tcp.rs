@@ -981,6 +981,28 @@ pub fn summarize_scale(steps: &[ScaleStep]) -> Vec<ScaleStep> {
         .collect()
 }
 
+/// Says which datapaths were limited by the client + backend core rather than by the
+/// node: then their throughput is the endpoints' limit, and the throughput target shows
+/// that the datapath does not slow the endpoints down, not how much it could carry.
+pub fn bottleneck_note(s: &[Summary], streams: u32) -> String {
+    let bound: Vec<&str> = s
+        .iter()
+        .filter(|x| x.endpoint_busy_n >= 0.95 && x.node_busy_n < 0.5)
+        .map(|x| x.datapath.label())
+        .collect();
+    if bound.is_empty() {
+        return String::new();
+    }
+    format!(
+        "With {streams} streams the client + backend core was at least 95% busy and the node's \
+         core less than half busy for: {}. Their throughput is what the endpoints manage on one \
+         core, not the datapath's capacity; the throughput target then says that the datapath \
+         does not slow the endpoints down. Single runs on this shared VM spread by up to about \
+         ±20% (see Every run), which the per-round ratios absorb better than the medians.\n",
+        bound.join(", ")
+    )
+}
+
 /// What the report says about connections the kernel path dropped, if it dropped any.
 pub fn drops_note(s: &[Summary], scale: &[ScaleStep]) -> String {
     let mut all: BTreeMap<String, u64> = BTreeMap::new();
@@ -2203,6 +2225,7 @@ the machine's speed between rounds cancel out, and the targets are judged on the
 Targets:
 
 {targets}
+{bottleneck}
 {drops_note}
 ### Rule scaling
 
@@ -2281,6 +2304,7 @@ rate through node:30306 with them present; medians of {scale_rounds} rounds.
         table = table(summaries, args.streams),
         targets = targets(summaries, &scale_medians, args.streams),
         drops_note = drops_note(summaries, scale),
+        bottleneck = bottleneck_note(summaries, args.streams),
         scale_table = scale_table(&scale_medians),
         scale_runs = scale_table(scale),
         cpu = facts.cpu,
@@ -2660,6 +2684,18 @@ mod tests {
             "{st}"
         );
         assert!(drops_note(&s, &scale).contains("dropped no packet"));
+        let mut busy = s.clone();
+        for x in &mut busy {
+            x.endpoint_busy_n = 0.99;
+            x.node_busy_n = if x.datapath == Datapath::Haproxy {
+                0.95
+            } else {
+                0.06
+            };
+        }
+        let note = bottleneck_note(&busy, 8);
+        assert!(note.contains("for: direct, ingressd."), "{note}");
+        assert!(bottleneck_note(&s, 8).is_empty());
         let mut dropped = scale.clone();
         dropped[2].drops.insert("drop_snat_exhausted".to_owned(), 3);
         let note = drops_note(&s, &dropped);
