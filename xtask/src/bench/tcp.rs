@@ -859,8 +859,8 @@ pub fn targets(s: &[Summary], scale: &[ScaleStep], streams: u32) -> String {
             let (r1, rn) = (i.vs_direct_1, i.vs_direct_n);
             let _ = writeln!(
                 out,
-                "- Throughput at least 0.9x direct: {}: 1 stream {:.2}x (medians {:.2} vs {:.2} Gbit/s), \
-                 {streams} streams {:.2}x ({:.2} vs {:.2} Gbit/s).",
+                "- Throughput at least 0.9x direct: {}: 1 stream {:.3}x (medians {:.2} vs {:.2} Gbit/s), \
+                 {streams} streams {:.3}x ({:.2} vs {:.2} Gbit/s).",
                 verdict(r1 >= 0.9 && rn >= 0.9),
                 r1,
                 i.gbps_1,
@@ -877,8 +877,8 @@ pub fn targets(s: &[Summary], scale: &[ScaleStep], streams: u32) -> String {
             let (r1, rn) = (i.vs_haproxy_cpu_1, i.vs_haproxy_cpu_n);
             let _ = writeln!(
                 out,
-                "- Node CPU per GB at most 1/3 of HAProxy's: {}: 1 stream {:.2}x (medians {:.3} vs {:.3} s/GB), \
-                 {streams} streams {:.2}x ({:.3} vs {:.3} s/GB).",
+                "- Node CPU per GB at most 1/3 of HAProxy's: {}: 1 stream {:.3}x (medians {:.3} vs {:.3} s/GB), \
+                 {streams} streams {:.3}x ({:.3} vs {:.3} s/GB).",
                 verdict(r1 <= 1.0 / 3.0 && rn <= 1.0 / 3.0),
                 r1,
                 i.cpu_gb_1,
@@ -904,7 +904,7 @@ pub fn targets(s: &[Summary], scale: &[ScaleStep], streams: u32) -> String {
                 let kernel = step.in_kernel.unwrap_or(0);
                 all_in_kernel &= kernel == step.services;
                 parts.push(format!(
-                    "{} services ({} in the kernel) {:.0}/s = {:.2}x",
+                    "{} services ({} in the kernel) {:.0}/s = {:.3}x",
                     step.services,
                     kernel,
                     step.conn.clean_rate(),
