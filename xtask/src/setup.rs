@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     "nghttp2-client",
     "wrk",
     "iperf3",
+    // `bench tcp`: kube-proxy's datapath and its conntrack table.
+    "iptables",
+    "conntrack",
     "mariadb-server",
     "mariadb-client",
 ];

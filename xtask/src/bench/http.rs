@@ -355,7 +355,7 @@ fn print_run(run: &Run) {
 /// Waits until both cores together are busier than `max_load` cores for no more than one
 /// second-long sample (the benchmark's own processes are idle between runs), at most
 /// `timeout`. Returns whether the machine got quiet.
-fn wait_quiet(
+pub(super) fn wait_quiet(
     clk: u64,
     max_load: f64,
     timeout: Duration,
@@ -382,7 +382,7 @@ fn wait_quiet(
 }
 
 /// `taskset -c <core> <program> <args...>` as the argument list for [`Topology::spawn`].
-fn pinned(core: &str, program: &Path, args: &[&str]) -> Vec<String> {
+pub(super) fn pinned(core: &str, program: &Path, args: &[&str]) -> Vec<String> {
     let mut v = vec![
         "-c".to_owned(),
         core.to_owned(),
@@ -543,7 +543,7 @@ fn start_proxy(
 
 /// Waits until every address accepts connections from `ns`; fails early, with their
 /// logs, when one of `procs` exits.
-fn wait_listening(
+pub(super) fn wait_listening(
     topo: &Topology,
     ns: Ns,
     procs: &[&Proc],
@@ -785,7 +785,7 @@ fn measure(
 }
 
 /// The 1, 5 and 15 minute load averages.
-fn load_average() -> Vec<f64> {
+pub(super) fn load_average() -> Vec<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -794,7 +794,7 @@ fn load_average() -> Vec<f64> {
         .collect()
 }
 
-fn fmt_load(load: &[f64]) -> String {
+pub(super) fn fmt_load(load: &[f64]) -> String {
     load.iter()
         .map(|l| format!("{l:.2}"))
         .collect::<Vec<_>>()
@@ -992,7 +992,7 @@ per completed request; proxy CPU is the share of its core it used; core 0 busy i
 }
 
 /// `path` relative to the repository root when it is inside it.
-fn rel(path: &Path) -> PathBuf {
+pub(super) fn rel(path: &Path) -> PathBuf {
     path.strip_prefix(repo_root())
         .map(Path::to_path_buf)
         .unwrap_or_else(|_| path.to_path_buf())

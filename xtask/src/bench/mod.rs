@@ -4,6 +4,9 @@
 //! in the namespace topology. The config generators (`routes` -> `istio`, `nginx`,
 //! `haproxy`) are pure and unit-tested; `http` runs the processes; `cpu`, `wrk` and
 //! `report` measure and write `docs/benchmarks.md`.
+//!
+//! `tcp`: TCP forwarding through the node: routing only, iptables DNAT, HAProxy and
+//! ingressd's in-kernel path, then rule scaling; one module (generators unit-tested there).
 
 mod cpu;
 mod haproxy;
@@ -12,6 +15,7 @@ mod istio;
 mod nginx;
 mod report;
 mod routes;
+mod tcp;
 mod wrk;
 
 use anyhow::Result;
@@ -24,6 +28,8 @@ use crate::setup;
 pub enum Bench {
     /// HTTP routing: ingressd vs nginx vs HAProxy in the namespace topology.
     Http(http::HttpArgs),
+    /// TCP forwarding: direct routing vs iptables vs HAProxy vs ingressd in the kernel.
+    Tcp(tcp::TcpArgs),
 }
 
 /// Runs one benchmark.
@@ -31,5 +37,6 @@ pub fn run(bench: Bench) -> Result<()> {
     setup::run(setup::Mode::Install)?;
     match bench {
         Bench::Http(args) => http::run_http(&args),
+        Bench::Tcp(args) => tcp::run_tcp(&args),
     }
 }

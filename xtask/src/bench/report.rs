@@ -252,6 +252,11 @@ pub fn saturation_note(summaries: &[Summary]) -> String {
 /// with `section` appended when it has none; a new file when `doc` is `None`. Everything
 /// outside the section is kept byte for byte.
 pub fn update_section(doc: Option<&str>, section: &str) -> String {
+    update_named_section(doc, SECTION, section)
+}
+
+/// [`update_section`] for the section under `heading` (another benchmark's).
+pub fn update_named_section(doc: Option<&str>, heading: &str, section: &str) -> String {
     let section = format!("{}\n", section.trim_end());
     let Some(doc) = doc else {
         return format!(
@@ -263,10 +268,10 @@ pub fn update_section(doc: Option<&str>, section: &str) -> String {
     let mut start = None;
     let mut end = doc.len();
     for line in doc.split_inclusive('\n') {
-        let heading = line.trim_end();
-        if start.is_none() && heading == SECTION {
+        let text = line.trim_end();
+        if start.is_none() && text == heading {
             start = Some(offset);
-        } else if start.is_some() && heading.starts_with("## ") {
+        } else if start.is_some() && text.starts_with("## ") {
             end = offset;
             break;
         }
