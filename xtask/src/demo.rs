@@ -19,7 +19,7 @@ use ingressd_tests::mariadb::{self, MariaDb, Target};
 use ingressd_tests::{Ns, Proc, Topology, sock};
 
 use crate::setup;
-use crate::util::{cargo, is_root, run, target_dir};
+use crate::util::{build_release_bins, is_root, target_dir};
 
 const PREFIX: &str = "ingressd-demo";
 const COUNTER_A: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
@@ -40,16 +40,7 @@ pub fn run_demo(once: bool) -> Result<()> {
             .context("installing the Ctrl-C handler")?;
     }
 
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "ingress-userspace",
-        "--package",
-        "ingressd-tests",
-        "--bins",
-    ]))?;
-    let release = target_dir().join("release");
+    let release = build_release_bins(true)?;
     let ingressd = release.join("ingressd");
     let testapp = release.join("ingressd-testapp");
     let demo_dir = target_dir().join("demo");

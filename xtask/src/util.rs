@@ -86,3 +86,15 @@ pub fn show(cmd: &Command) -> String {
 pub fn cargo() -> Command {
     Command::new("cargo")
 }
+
+/// Builds the release binaries the demo and the benchmarks run (`ingressd`,
+/// and `ingressd-testapp` when `with_testapp`); returns `target/release`.
+pub fn build_release_bins(with_testapp: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--package", "ingress-userspace"]);
+    if with_testapp {
+        cmd.args(["--package", "ingressd-tests"]);
+    }
+    run(cmd.arg("--bins"))?;
+    Ok(target_dir().join("release"))
+}

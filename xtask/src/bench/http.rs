@@ -30,7 +30,7 @@ use super::report::{self, Run, SECTION};
 use super::routes::RouteTable;
 use super::wrk::{self, WrkResult};
 use super::{cpu, haproxy, istio, nginx};
-use crate::util::{cargo, is_root, output, repo_root, run, target_dir};
+use crate::util::{build_release_bins, is_root, output, repo_root, target_dir};
 
 const PREFIX: &str = "ingressd-bench";
 /// The backend pool: two addresses in the pods namespace, one port.
@@ -162,15 +162,7 @@ pub fn run_http(args: &HttpArgs) -> Result<()> {
     let needs_build =
         args.proxies.contains(&ProxyKind::Ingressd) || args.backend == BackendKind::Testapp;
     if needs_build {
-        run(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "ingress-userspace",
-            "--package",
-            "ingressd-tests",
-            "--bins",
-        ]))?;
+        build_release_bins(true)?;
     }
     check_stop()?;
     let release = target_dir().join("release");

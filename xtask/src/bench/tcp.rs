@@ -43,7 +43,7 @@ use ingressd_tests::{ConfigDir, Ns, Proc, Topology, run_bounded};
 use super::cpu;
 use super::http::{fmt_load, load_average, pinned, rel, wait_listening, wait_quiet};
 use super::report::{median, update_named_section};
-use crate::util::{cargo, is_root, output, repo_root, run, target_dir};
+use crate::util::{build_release_bins, is_root, output, repo_root, target_dir};
 
 /// The heading of the section this benchmark owns in `docs/benchmarks.md`.
 pub const SECTION: &str = "## TCP forwarding";
@@ -1792,14 +1792,7 @@ pub fn run_tcp(args: &TcpArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "ingress-userspace",
-        "--bins",
-    ]))?;
-    let ingressd = target_dir().join("release").join("ingressd");
+    let ingressd = build_release_bins(false)?.join("ingressd");
 
     let load_start = load_average();
     if load_start.first().is_some_and(|l| *l > 1.0) {
