@@ -35,7 +35,7 @@ use common::{
     BACKEND, BACKEND_NO_NEIGH, BACKEND_PORT, CLIENT, CLIENT_MAC, Case, Datapath, Expect, Hook,
     NODE, NODE_C_MAC, NODE_PODS, NODE_PORT, Namespaces, PORT_NO_NEIGH, Verdict, datapath_cases,
     first_snat_port, ifindex, in_netns, ip, root_or_skip, set_tx_checksum_offload, spawn_in_netns,
-    tag, topology, truncated_frames_through_a_live_attachment,
+    tag, three_namespaces, topology, truncated_frames_through_a_live_attachment,
 };
 use ingress_common::counter::PORT_COUNTER_PROGRAM;
 use ingress_common::lb::{BACKEND_ACTIVE, LbConfig, Reason, SERVICE_STATS_MAP, TC_PROGRAM};
@@ -235,55 +235,7 @@ fn tc_ingress_forwards_real_tcp_connections_between_namespaces() {
     const ROUNDS: usize = 2;
     const PAYLOAD: usize = 256 * 1024;
     let t = tag("ike");
-    let namespaces = Namespaces(vec![
-        format!("{t}-client"),
-        format!("{t}-node"),
-        format!("{t}-pods"),
-    ]);
-    let (client_ns, node_ns, pods_ns) = (
-        namespaces.0[0].clone(),
-        namespaces.0[1].clone(),
-        namespaces.0[2].clone(),
-    );
-    for ns in &namespaces.0 {
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    for (outer_ns, outer, outer_addr, node_dev, node_addr) in [
-        (&client_ns, format!("{t}C"), CLIENT, format!("{t}c"), NODE),
-        (
-            &pods_ns,
-            format!("{t}P"),
-            BACKEND,
-            format!("{t}p"),
-            NODE_PODS,
-        ),
-    ] {
-        ip(&[
-            "link", "add", &node_dev, "netns", &node_ns, "type", "veth", "peer", "name", &outer,
-            "netns", outer_ns,
-        ]);
-        ip(&[
-            "-n",
-            &node_ns,
-            "addr",
-            "add",
-            &format!("{node_addr}/24"),
-            "dev",
-            &node_dev,
-        ]);
-        ip(&[
-            "-n",
-            outer_ns,
-            "addr",
-            "add",
-            &format!("{outer_addr}/24"),
-            "dev",
-            &outer,
-        ]);
-        ip(&["-n", &node_ns, "link", "set", &node_dev, "up"]);
-        ip(&["-n", outer_ns, "link", "set", &outer, "up"]);
-    }
+    let (namespaces, client_ns, node_ns, pods_ns) = three_namespaces(&t);
 
     // The backend: echoes every connection until EOF, reports client addresses.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -196,6 +196,42 @@ pub fn root_or_skip(test: &str) -> bool {
 
 /// A tag unique to this test process and call, short enough for interface
 /// names (15 bytes at most): 3 letters + 6 hex digits + 1 suffix.
+/// The client -- node -- pods namespaces of the real-TCP tests, named after
+/// `t`: veths `<t>C`/`<t>c` (client/node) and `<t>p`/`<t>P` (node/pods) with
+/// CLIENT, NODE, NODE_PODS and BACKEND on them, all up. Returns the guard
+/// that deletes them, and the client, node and pods namespace names.
+pub fn three_namespaces(t: &str) -> (Namespaces, String, String, String) {
+    let names = ["client", "node", "pods"].map(|n| format!("{t}-{n}"));
+    let namespaces = Namespaces(names.to_vec());
+    let [client_ns, node_ns, pods_ns] = names;
+    for ns in &namespaces.0 {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    for (outer_ns, outer, outer_addr, node_dev, node_addr) in [
+        (&client_ns, format!("{t}C"), CLIENT, format!("{t}c"), NODE),
+        (
+            &pods_ns,
+            format!("{t}P"),
+            BACKEND,
+            format!("{t}p"),
+            NODE_PODS,
+        ),
+    ] {
+        ip(&[
+            "link", "add", &node_dev, "netns", &node_ns, "type", "veth", "peer", "name", &outer,
+            "netns", outer_ns,
+        ]);
+        let node_cidr = format!("{node_addr}/24");
+        let outer_cidr = format!("{outer_addr}/24");
+        ip(&["-n", &node_ns, "addr", "add", &node_cidr, "dev", &node_dev]);
+        ip(&["-n", outer_ns, "addr", "add", &outer_cidr, "dev", &outer]);
+        ip(&["-n", &node_ns, "link", "set", &node_dev, "up"]);
+        ip(&["-n", outer_ns, "link", "set", &outer, "up"]);
+    }
+    (namespaces, client_ns, node_ns, pods_ns)
+}
+
 pub fn tag(prefix: &str) -> String {
     format!(
         "{prefix}{:06x}",
