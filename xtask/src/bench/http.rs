@@ -26,7 +26,7 @@ use clap::{Args, ValueEnum};
 use ingressd_tests::topology::NODE_ADDR;
 use ingressd_tests::{Ns, Proc, Topology, run_bounded};
 
-use super::report::{self, Run, SECTION};
+use super::report::{self, Run, SECTION, cpu_model, first_line};
 use super::routes::RouteTable;
 use super::wrk::{self, WrkResult};
 use super::{cpu, haproxy, istio, nginx};
@@ -819,31 +819,7 @@ struct Facts {
 
 impl Facts {
     fn collect(args: &HttpArgs, ingressd: &Path, load_start: &[f64], load_end: &[f64]) -> Self {
-        let first_line = |cmd: &mut Command| -> String {
-            cmd.output()
-                .ok()
-                .map(|o| {
-                    // nginx -v prints to stderr, the others to stdout.
-                    let text = if o.stdout.is_empty() {
-                        o.stderr
-                    } else {
-                        o.stdout
-                    };
-                    String::from_utf8_lossy(&text)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_owned()
-                })
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
-            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
+        let cpu = cpu_model();
         let commit = output(Command::new("git").args(["describe", "--always", "--dirty"]))
             .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned());
         let ingressd = if args.proxies.contains(&ProxyKind::Ingressd) {

@@ -296,6 +296,37 @@ pub fn update_named_section(doc: Option<&str>, heading: &str, section: &str) -> 
     }
 }
 
+/// The first line a tool prints about itself (`nginx -v` writes to stderr,
+/// most others to stdout), or `unknown`.
+pub fn first_line(cmd: &mut std::process::Command) -> String {
+    cmd.output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The CPU model from /proc/cpuinfo, or `unknown`.
+pub fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

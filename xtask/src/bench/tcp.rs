@@ -42,7 +42,7 @@ use ingressd_tests::{ConfigDir, Ns, Proc, Topology, run_bounded};
 
 use super::cpu;
 use super::http::{fmt_load, load_average, pinned, rel, wait_listening, wait_quiet};
-use super::report::{median, update_named_section};
+use super::report::{cpu_model, first_line, median, update_named_section};
 use crate::util::{build_release_bins, is_root, output, repo_root, target_dir};
 
 /// The heading of the section this benchmark owns in `docs/benchmarks.md`.
@@ -2134,30 +2134,7 @@ struct Facts {
 
 impl Facts {
     fn collect(load_start: &[f64], load_end: &[f64]) -> Self {
-        let first_line = |cmd: &mut Command| -> String {
-            cmd.output()
-                .ok()
-                .map(|o| {
-                    let text = if o.stdout.is_empty() {
-                        o.stderr
-                    } else {
-                        o.stdout
-                    };
-                    String::from_utf8_lossy(&text)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_owned()
-                })
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
-            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
+        let cpu = cpu_model();
         let commit = output(Command::new("git").args(["describe", "--always", "--dirty"]))
             .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned());
         Facts {
