@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub xdp: XdpMode,
     /// `--bpffs-root`: where the kernel path pins.
     pub pin_root: PathBuf,
+    /// `--max-services`: TCP services the kernel maps hold.
+    pub max_services: u32,
     /// XDP attach mode of the port counter.
     pub port_counter_mode: AttachMode,
     pub access_log: AccessLog,
@@ -298,6 +300,7 @@ fn setup_lb(options: &RunOptions) -> anyhow::Result<Option<KernelManager>> {
         pin_root: options.pin_root.clone(),
         interfaces: options.interfaces.clone(),
         xdp: options.xdp,
+        max_services: options.max_services,
     };
     let started = match options.kernel {
         KernelMode::Off => {

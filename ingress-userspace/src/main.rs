@@ -172,6 +172,12 @@ struct RunArgs {
     /// core when absent.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
+    /// TCP services the kernel maps hold (the Maglev tables take
+    /// 2 x 1021 x 4 bytes per service); services beyond it are served in
+    /// userspace and logged.
+    #[arg(long, value_name = "N", default_value_t = ingress_common::lb::MAX_SERVICES,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_services: u32,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +359,7 @@ fn run(args: RunArgs) -> ExitCode {
             XdpArg::Off => XdpMode::Off,
         },
         pin_root: args.bpffs_root,
+        max_services: args.max_services,
         port_counter_mode: match args.port_counter_mode {
             XdpModeArg::Skb => AttachMode::Skb,
             XdpModeArg::Drv => AttachMode::Driver,

@@ -341,6 +341,7 @@ fn manager_picks_the_hook_per_interface_and_pins_xdp_links() {
             pin_root: root2.clone(),
             interfaces: devs.to_vec(),
             xdp,
+            ..KernelOptions::default()
         };
         let pins = |m: &KernelManager| -> Vec<String> {
             m.pins()

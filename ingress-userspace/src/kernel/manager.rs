@@ -34,7 +34,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, SkLookup, TcAttachType, Xdp};
 use ingress_common::ABI_VERSION;
-use ingress_common::lb::{CONFIG_MAP, LbConfig, TC_PROGRAM, XDP_PROGRAM};
+use ingress_common::lb::{
+    CONFIG_MAP, FRONTENDS_CAPACITY, FRONTENDS_MAP, LbConfig, MAGLEV_MAP, MAGLEV_SIZE, MAX_SERVICES,
+    SERVICE_STATS_MAP, TC_PROGRAM, XDP_PROGRAM,
+};
 use ingress_common::steer::SK_LOOKUP_PROGRAM;
 use serde_json::{Value, json};
 
@@ -69,6 +72,9 @@ pub struct KernelOptions {
     /// an IPv4 address in the daemon's network namespace.
     pub interfaces: Vec<String>,
     pub xdp: XdpMode,
+    /// TCP services the maps hold (sizes `LB_MAGLEV`, `LB_SERVICE_STATS`
+    /// and `LB_FRONTENDS` at load time).
+    pub max_services: u32,
 }
 
 impl Default for KernelOptions {
@@ -77,8 +83,29 @@ impl Default for KernelOptions {
             pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
             interfaces: Vec::new(),
             xdp: XdpMode::Auto,
+            max_services: MAX_SERVICES,
         }
     }
+}
+
+/// Map sizes for `max_services` services: two Maglev tables per service, its
+/// counters, and room for its two frontends (nodePort, listener port).
+fn service_capacities(max_services: u32) -> [(&'static str, u32); 3] {
+    [
+        (MAGLEV_MAP, 2 * max_services * MAGLEV_SIZE),
+        (SERVICE_STATS_MAP, max_services),
+        (FRONTENDS_MAP, FRONTENDS_CAPACITY.max(2 * max_services)),
+    ]
+}
+
+/// Whether the pinned maps were created for `max_services` services.
+fn pinned_capacity_matches(root: &Path, max_services: u32) -> bool {
+    service_capacities(max_services).iter().all(|(name, size)| {
+        MapData::from_pin(root.join(name))
+            .ok()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|info| info.max_entries() == *size)
+    })
 }
 
 /// Which hook an interface got and why.
@@ -312,7 +339,17 @@ impl KernelManager {
         let root = options.pin_root.clone();
         ensure_bpffs(&root)?;
         let adopt = match pinned_abi(&root) {
-            Some(v) if v == ABI_VERSION => true,
+            Some(v) if v == ABI_VERSION && pinned_capacity_matches(&root, options.max_services) => {
+                true
+            }
+            Some(v) if v == ABI_VERSION => {
+                tracing::warn!(
+                    max_services = options.max_services,
+                    "pinned kernel maps were sized for another --max-services: re-creating them"
+                );
+                cleanup(&root)?;
+                false
+            }
             Some(v) => {
                 tracing::warn!(
                     pinned = v,
@@ -339,6 +376,9 @@ impl KernelManager {
         let mut loader = EbpfLoader::new();
         for (name, ..) in LB_MAPS {
             loader.map_pin_path(name, root.join(name));
+        }
+        for (name, size) in service_capacities(options.max_services) {
+            loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(super::object())?;
         // Both forwarding programs at once (one mutable borrow of the object).

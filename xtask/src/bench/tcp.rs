@@ -61,6 +61,9 @@ const FILLER_NODE_PORT: u16 = 40_000;
 const FILLER_LISTEN_PORT: u16 = 10_000;
 /// Most services the generators can number without port clashes.
 const MAX_GENERATED: u32 = 20_000;
+/// `--max-services` of the daemon under test: the 10,000-service step fits
+/// (its Maglev tables take 2 x 1021 x 4 bytes per service, about 84 MB).
+const KERNEL_SERVICES: u32 = 10_240;
 /// The client, the backends and the load run here.
 const ENDPOINT_CORE: usize = 0;
 /// Everything of the node runs here.
@@ -1476,6 +1479,9 @@ impl<'a> Daemon<'a> {
                     "off",
                     "--bpffs-root",
                     PIN_ROOT,
+                    // Room in the kernel maps for the default scaling steps.
+                    "--max-services",
+                    &KERNEL_SERVICES.to_string(),
                 ],
             ),
         )?;
