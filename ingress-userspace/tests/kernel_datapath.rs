@@ -34,8 +34,8 @@ use common::packets::{SYN, Tcp};
 use common::{
     BACKEND, BACKEND_NO_NEIGH, BACKEND_PORT, CLIENT, CLIENT_MAC, Case, Datapath, Expect, Hook,
     NODE, NODE_C_MAC, NODE_PODS, NODE_PORT, Namespaces, PORT_NO_NEIGH, Verdict, datapath_cases,
-    first_snat_port, ifindex, in_netns, ip, root_or_skip, set_tx_checksum_offload, spawn_in_netns,
-    tag, three_namespaces, topology, truncated_frames_through_a_live_attachment,
+    first_snat_port, ifindex, in_netns, ip, root_or_skip, set_tx_checksum_offload,
+    spawn_echo_server, tag, three_namespaces, topology, truncated_frames_through_a_live_attachment,
 };
 use ingress_common::counter::PORT_COUNTER_PROGRAM;
 use ingress_common::lb::{BACKEND_ACTIVE, LbConfig, Reason, SERVICE_STATS_MAP, TC_PROGRAM};
@@ -238,31 +238,7 @@ fn tc_ingress_forwards_real_tcp_connections_between_namespaces() {
     let (namespaces, client_ns, node_ns, pods_ns) = three_namespaces(&t);
 
     // The backend: echoes every connection until EOF, reports client addresses.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = spawn_in_netns(&pods_ns, move || {
-        let listener = TcpListener::bind((BACKEND, BACKEND_PORT)).expect("binding the echo server");
-        ready_tx.send(()).expect("signalling readiness");
-        let mut peers = Vec::new();
-        for _ in 0..ROUNDS {
-            let (mut stream, peer) = listener.accept().expect("accepting");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = stream.read(&mut buf).expect("echo read");
-                if n == 0 {
-                    break;
-                }
-                stream.write_all(&buf[..n]).expect("echo write");
-            }
-            peers.push(peer);
-        }
-        peers
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("echo server ready");
+    let server = spawn_echo_server(&pods_ns, ROUNDS);
 
     let node_t = t.clone();
     let (client_ns2, pods_ns2) = (client_ns.clone(), pods_ns.clone());

@@ -163,6 +163,43 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// Starts an echo server on BACKEND:BACKEND_PORT in `ns` that serves
+/// `rounds` connections one after the other, each echoed until EOF, and
+/// returns their peer addresses; returns once it listens.
+pub fn spawn_echo_server(
+    ns: &str,
+    rounds: usize,
+) -> std::thread::JoinHandle<Vec<std::net::SocketAddr>> {
+    use std::io::{Read as _, Write as _};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = spawn_in_netns(ns, move || {
+        let listener =
+            std::net::TcpListener::bind((BACKEND, BACKEND_PORT)).expect("binding the echo server");
+        ready_tx.send(()).expect("signalling readiness");
+        let mut peers = Vec::new();
+        for _ in 0..rounds {
+            let (mut stream, peer) = listener.accept().expect("accepting");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = stream.read(&mut buf).expect("echo read");
+                if n == 0 {
+                    break;
+                }
+                stream.write_all(&buf[..n]).expect("echo write");
+            }
+            peers.push(peer);
+        }
+        peers
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("echo server ready");
+    server
+}
+
 /// Starts `f` on a new thread that has joined network namespace `ns`.
 pub fn spawn_in_netns<T: Send + 'static>(
     ns: &str,
