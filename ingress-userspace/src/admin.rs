@@ -420,6 +420,44 @@ where
     }
 }
 
+/// `/certs` in Envoy's shape (`certificates[].cert_chain[]`, `ca_cert[]`),
+/// plus which server each entry serves, where it comes from, when it was
+/// loaded and why the latest change was refused, if it was.
+pub fn certs_json(reports: &[crate::tls::store::ContextReport]) -> serde_json::Value {
+    use crate::tls::certs::CertInfo;
+    let now = std::time::SystemTime::now();
+    let time = |secs: i64| {
+        crate::proxy::access_log::format_start_time(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
+        )
+    };
+    let cert = |c: &CertInfo| {
+        serde_json::json!({
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial_number": c.serial,
+            "subject_alt_names": c.subject_alt_names.iter().map(|san| {
+                let (kind, value) = san.split_once(':').unwrap_or(("dns", san));
+                let kind = match kind { "DNS" => "dns", "URI" => "uri", "IP" => "ip_address", _ => "email" };
+                serde_json::json!({ kind: value })
+            }).collect::<Vec<_>>(),
+            "days_until_expiration": c.days_until_expiry(now).to_string(),
+            "valid_from": time(c.not_before),
+            "expiration_time": time(c.not_after),
+        })
+    };
+    serde_json::json!({
+        "certificates": reports.iter().map(|r| serde_json::json!({
+            "server": r.name,
+            "source": r.source,
+            "cert_chain": r.certificate.iter().map(cert).collect::<Vec<_>>(),
+            "ca_cert": r.ca.iter().map(cert).collect::<Vec<_>>(),
+            "loaded_at": r.loaded_at.map(crate::proxy::access_log::format_start_time),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,42 +634,4 @@ mod tests {
         let (status, _) = body(admin.clone().handle(&Method::GET, "/nope").await).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
-}
-
-/// `/certs` in Envoy's shape (`certificates[].cert_chain[]`, `ca_cert[]`),
-/// plus which server each entry serves, where it comes from, when it was
-/// loaded and why the latest change was refused, if it was.
-pub fn certs_json(reports: &[crate::tls::store::ContextReport]) -> serde_json::Value {
-    use crate::tls::certs::CertInfo;
-    let now = std::time::SystemTime::now();
-    let time = |secs: i64| {
-        crate::proxy::access_log::format_start_time(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
-        )
-    };
-    let cert = |c: &CertInfo| {
-        serde_json::json!({
-            "subject": c.subject,
-            "issuer": c.issuer,
-            "serial_number": c.serial,
-            "subject_alt_names": c.subject_alt_names.iter().map(|san| {
-                let (kind, value) = san.split_once(':').unwrap_or(("dns", san));
-                let kind = match kind { "DNS" => "dns", "URI" => "uri", "IP" => "ip_address", _ => "email" };
-                serde_json::json!({ kind: value })
-            }).collect::<Vec<_>>(),
-            "days_until_expiration": c.days_until_expiry(now).to_string(),
-            "valid_from": time(c.not_before),
-            "expiration_time": time(c.not_after),
-        })
-    };
-    serde_json::json!({
-        "certificates": reports.iter().map(|r| serde_json::json!({
-            "server": r.name,
-            "source": r.source,
-            "cert_chain": r.certificate.iter().map(cert).collect::<Vec<_>>(),
-            "ca_cert": r.ca.iter().map(cert).collect::<Vec<_>>(),
-            "loaded_at": r.loaded_at.map(crate::proxy::access_log::format_start_time),
-            "error": r.error,
-        })).collect::<Vec<_>>(),
-    })
 }
