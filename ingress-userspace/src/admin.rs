@@ -501,6 +501,7 @@ mod tests {
             ],
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(10),
+            policy: Default::default(),
         };
         Snapshot {
             gateway: GatewayIdentity::default(),

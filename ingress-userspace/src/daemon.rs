@@ -1022,6 +1022,7 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(1),
+            policy: Default::default(),
         })
     }
 

@@ -302,6 +302,7 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(10),
+            policy: Default::default(),
         }
     }
 
