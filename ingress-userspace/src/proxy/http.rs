@@ -166,6 +166,8 @@ pub struct Finisher {
     pub(super) destination: Option<DestinationLabels>,
     pub(super) cluster: Option<Arc<ClusterState>>,
     pub(super) endpoint: Option<Arc<EndpointStats>>,
+    /// A `tcp.maxConnections` slot, released when the request finishes.
+    pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Finisher {
@@ -297,6 +299,7 @@ pub async fn serve(
         destination: None,
         cluster: None,
         endpoint: None,
+        permit: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
@@ -386,10 +389,12 @@ async fn route_request(
     let mut response = match fault(policy.fault.as_ref(), finisher).await {
         Some(response) => response,
         None => {
-            act(
-                ctx, snapshot, route, request, &authority, &path, scheme, finisher,
-            )
-            .await?
+            let downstream = Downstream {
+                authority: &authority,
+                scheme,
+                remote: conn.remote,
+            };
+            act(ctx, snapshot, route, request, downstream, &path, finisher).await?
         }
     };
     if let Some(h) = &policy.headers {
@@ -400,15 +405,13 @@ async fn route_request(
 }
 
 /// Does what the route says: answer, redirect or forward.
-#[allow(clippy::too_many_arguments)]
 async fn act(
     ctx: &Context,
     snapshot: &Snapshot,
     route: &Route,
     request: Request<RequestBody>,
-    authority: &str,
+    downstream: Downstream<'_>,
     path: &str,
-    scheme: &'static str,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match &route.action {
@@ -419,7 +422,7 @@ async fn act(
         }
         RouteAction::Redirect(action) => {
             finisher.record.details = Some("direct_response".to_owned());
-            let location = redirect_location(action, scheme, authority, path);
+            let location = redirect_location(action, downstream.scheme, downstream.authority, path);
             let status =
                 StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let status = if status.is_redirection() {
@@ -430,7 +433,6 @@ async fn act(
             Ok(redirect(status, &location))
         }
         RouteAction::Forward(forward) => {
-            let downstream = Downstream { authority, scheme };
             super::forward::forward(ctx, snapshot, route, forward, request, downstream, finisher)
                 .await
         }
