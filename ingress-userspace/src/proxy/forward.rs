@@ -188,8 +188,20 @@ pub async fn forward(
     state.rq_active.fetch_add(1, Ordering::Relaxed);
     finisher.cluster = Some(state.clone());
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let http2 = cluster.protocol == UpstreamProtocol::Http2;
+    let websocket = is_websocket_upgrade(&parts.headers);
+    let downstream_upgrade = if websocket {
+        if http2 {
+            // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade.
+            return Err(ProxyError::BadRequest(
+                "WebSocket upgrade to an HTTP/2 upstream".to_owned(),
+            ));
+        }
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let mut headers = parts.headers;
     let original = parts
         .uri
@@ -213,6 +225,10 @@ pub async fn forward(
         headers.insert(header::HOST, value);
     }
     prepare_upstream(&mut headers, http2, downstream.scheme);
+    if downstream_upgrade.is_some() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     if let Some(h) = &route.policy.headers {
         h.request.apply(&mut headers);
     }
@@ -366,6 +382,20 @@ pub async fn forward(
                 if let Some(cookie) = set_cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
                 }
+                if let Some(downstream) = downstream_upgrade
+                    && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // Hop-by-hop for anything else, but the 101 needs them.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    response
+                        .headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    finisher.record.details = Some("via_upstream".to_owned());
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(downstream, upstream));
+                }
                 return Ok(response.map(BodyExt::boxed));
             }
             Ok(Err(error)) => classify_client_error(error),
@@ -389,6 +419,35 @@ pub async fn forward(
                 .fetch_add(1, Ordering::Relaxed);
         }
         return Err(failure);
+    }
+}
+
+/// An HTTP/1.1 `Upgrade: websocket` request (Envoy's default upgrade
+/// config at an Istio gateway allows exactly this one).
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade && connection
+}
+
+/// Relays an upgraded connection both ways until either side closes.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+        tracing::debug!("websocket upgrade did not complete");
+        return;
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(%error, "websocket tunnel closed");
     }
 }
 

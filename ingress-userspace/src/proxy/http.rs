@@ -239,7 +239,7 @@ pub async fn serve_connection<I>(
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let connection = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, %remote, "downstream connection error");
@@ -538,8 +538,9 @@ pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool, scheme: &'static s
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // No upgrade support yet: without this the upstream would switch protocols
-    // on a connection the proxy cannot relay.
+    // Only WebSocket upgrades are relayed (`forward` puts them back); any
+    // other (`h2c`, ...) would switch protocols on a connection the proxy
+    // does not relay.
     headers.remove(header::UPGRADE);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
