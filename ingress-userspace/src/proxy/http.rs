@@ -314,7 +314,11 @@ pub async fn serve(
             };
             finisher.record.details = Some(error.details().to_owned());
             finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
-            local_reply(error.status(), error.body())
+            if request_protocol == "grpc" {
+                grpc_local_reply(error.status(), error.body())
+            } else {
+                local_reply(error.status(), error.body())
+            }
         }
     };
     finisher.record.status = response.status().as_u16();
@@ -680,6 +684,32 @@ pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Proxy
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: HTTP 200,
+/// trailers-only, `grpc-status` mapped from the HTTP status (404
+/// UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE, ...) and the reason as
+/// `grpc-message`.
+pub fn grpc_local_reply(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let code: u32 = match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    };
+    let mut response = local_reply(StatusCode::OK, Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", value);
+    }
     response
 }
 
