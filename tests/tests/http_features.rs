@@ -1,0 +1,1171 @@
+//! The VirtualService HTTP features end to end, table-driven: real curl in the client
+//! namespace, `ingressd run --kernel off` in the node namespace, `counter` backends in
+//! the pods namespace that report what they received (see `ingressd_tests::features`).
+//!
+//! Each test starts one gateway and runs a table of cases against it; every case has a
+//! host or path of its own, so the backends' request logs and the daemon's access log
+//! (its stdout, parsed) tell the cases apart.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ingressd_tests::features::{FeatureGateway, cluster_stat, http_virtual_service};
+use ingressd_tests::{ConfigDir, Ns, ingressd_cli, node_url, require_root};
+
+fn file(name: &str, yaml: String) -> (String, String) {
+    (format!("{name}.yaml"), yaml)
+}
+
+fn hits(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+}
+
+const MATCH_HOST: &str = "match.lab.example.com";
+const ALT_MATCH_HOST: &str = "alt-match.lab.example.com";
+
+/// Routes that answer their own name, so the table sees which one matched.
+const MATCH_ROUTES: &str = r#"
+- {name: port-443, match: [{uri: {exact: /port}, port: 443}], directResponse: {status: 200, body: {string: port-443}}}
+- {name: port-80, match: [{uri: {exact: /port}, port: 80}], directResponse: {status: 200, body: {string: port-80}}}
+- {name: gw-other, match: [{uri: {exact: /gateways}, gateways: [istio-system/other-gateway]}], directResponse: {status: 200, body: {string: gw-other}}}
+- {name: gw-own, match: [{uri: {exact: /gateways}, gateways: [istio-system/default-gateway]}], directResponse: {status: 200, body: {string: gw-own}}}
+- {name: exact, match: [{uri: {exact: /exact}}], directResponse: {status: 200, body: {string: exact}}}
+- {name: prefix, match: [{uri: {prefix: /prefix}}], directResponse: {status: 200, body: {string: prefix}}}
+- {name: regex, match: [{uri: {regex: "/re/[0-9]+"}}], directResponse: {status: 200, body: {string: regex}}}
+- {name: ignore-case, match: [{uri: {exact: /CaseLess}, ignoreUriCase: true}], directResponse: {status: 200, body: {string: ignore-case}}}
+- {name: method, match: [{uri: {prefix: /method}, method: {exact: POST}}], directResponse: {status: 200, body: {string: method}}}
+- {name: without, match: [{uri: {prefix: /without}, withoutHeaders: {x-block: {}}}], directResponse: {status: 200, body: {string: without}}}
+- {name: and, match: [{uri: {prefix: /and}, headers: {x-and: {exact: "yes"}}}], directResponse: {status: 200, body: {string: and}}}
+- {name: or, match: [{uri: {exact: /or1}}, {uri: {exact: /or2}}], directResponse: {status: 200, body: {string: or}}}
+- {name: scheme-https, match: [{uri: {exact: /scheme}, scheme: {exact: https}}], directResponse: {status: 200, body: {string: scheme-https}}}
+- {name: scheme-http, match: [{uri: {exact: /scheme}, scheme: {exact: http}}], directResponse: {status: 200, body: {string: scheme-http}}}
+- {name: first-a, match: [{uri: {prefix: /first}}], directResponse: {status: 200, body: {string: first-a}}}
+- {name: first-b, match: [{uri: {exact: /first}}], directResponse: {status: 200, body: {string: first-b}}}
+- {name: hdr-exact, match: [{headers: {x-user: {exact: jason}}}], directResponse: {status: 200, body: {string: hdr-exact}}}
+- {name: hdr-prefix, match: [{headers: {x-tier: {prefix: gold}}}], directResponse: {status: 200, body: {string: hdr-prefix}}}
+- {name: hdr-regex, match: [{headers: {x-ver: {regex: "v[0-9]+"}}}], directResponse: {status: 200, body: {string: hdr-regex}}}
+- {name: hdr-present, match: [{headers: {x-present: {}}}], directResponse: {status: 200, body: {string: hdr-present}}}
+- {name: query, match: [{queryParams: {debug: {exact: "1"}}}], directResponse: {status: 200, body: {string: query}}}
+- {name: authority, match: [{authority: {prefix: alt-match.}}], directResponse: {status: 200, body: {string: authority}}}
+- {name: fallback, directResponse: {status: 200, body: {string: fallback}}}
+"#;
+
+/// (Host, method, path, request headers, node port, route that must answer).
+type MatchCase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    u16,
+    &'static str,
+);
+
+#[test]
+fn match_conditions_pick_the_first_matching_route() {
+    if !require_root("match_conditions_pick_the_first_matching_route") {
+        return;
+    }
+    let vs = http_virtual_service("matches", &[MATCH_HOST, ALT_MATCH_HOST], MATCH_ROUTES);
+    let gw = FeatureGateway::start(&[file("matches", vs)], &[]).unwrap();
+    let cases: &[MatchCase] = &[
+        (MATCH_HOST, "GET", "/exact", &[], 8080, "exact"),
+        (MATCH_HOST, "GET", "/exact/x", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/prefix/a/b", &[], 8080, "prefix"),
+        (MATCH_HOST, "GET", "/prefixed", &[], 8080, "prefix"),
+        (MATCH_HOST, "GET", "/re/123", &[], 8080, "regex"),
+        // Regexes match the whole path.
+        (MATCH_HOST, "GET", "/re/123x", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/caseless", &[], 8080, "ignore-case"),
+        (MATCH_HOST, "GET", "/CASELESS", &[], 8080, "ignore-case"),
+        (MATCH_HOST, "POST", "/method", &[], 8080, "method"),
+        (MATCH_HOST, "GET", "/method", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/without", &[], 8080, "without"),
+        (
+            MATCH_HOST,
+            "GET",
+            "/without",
+            &["x-block: 1"],
+            8080,
+            "fallback",
+        ),
+        // AND inside a match.
+        (MATCH_HOST, "GET", "/and", &["x-and: yes"], 8080, "and"),
+        (MATCH_HOST, "GET", "/and", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/and", &["x-and: no"], 8080, "fallback"),
+        // OR across matches.
+        (MATCH_HOST, "GET", "/or1", &[], 8080, "or"),
+        (MATCH_HOST, "GET", "/or2", &[], 8080, "or"),
+        (MATCH_HOST, "GET", "/scheme", &[], 8080, "scheme-http"),
+        // First match wins.
+        (MATCH_HOST, "GET", "/first", &[], 8080, "first-a"),
+        (
+            MATCH_HOST,
+            "GET",
+            "/x",
+            &["x-user: jason"],
+            8080,
+            "hdr-exact",
+        ),
+        (
+            MATCH_HOST,
+            "GET",
+            "/x",
+            &["x-user: jasonx"],
+            8080,
+            "fallback",
+        ),
+        (
+            MATCH_HOST,
+            "GET",
+            "/x",
+            &["x-tier: gold-plus"],
+            8080,
+            "hdr-prefix",
+        ),
+        (
+            MATCH_HOST,
+            "GET",
+            "/x",
+            &["x-tier: silver"],
+            8080,
+            "fallback",
+        ),
+        (MATCH_HOST, "GET", "/x", &["x-ver: v12"], 8080, "hdr-regex"),
+        (MATCH_HOST, "GET", "/x", &["x-ver: v12a"], 8080, "fallback"),
+        (
+            MATCH_HOST,
+            "GET",
+            "/x",
+            &["x-present: 1"],
+            8080,
+            "hdr-present",
+        ),
+        (MATCH_HOST, "GET", "/x?debug=1", &[], 8080, "query"),
+        (MATCH_HOST, "GET", "/x?debug=2", &[], 8080, "fallback"),
+        (ALT_MATCH_HOST, "GET", "/x", &[], 8080, "authority"),
+        // Earlier routes still come first for the other host.
+        (ALT_MATCH_HOST, "GET", "/exact", &[], 8080, "exact"),
+        // `port` is the Gateway server port (80), whichever node port the client used.
+        (MATCH_HOST, "GET", "/port", &[], 8080, "port-80"),
+        (MATCH_HOST, "GET", "/port", &[], 30080, "port-80"),
+        // `gateways` inside a match: only the Gateway this request came through.
+        (MATCH_HOST, "GET", "/gateways", &[], 8080, "gw-own"),
+    ];
+    let mut failures = Vec::new();
+    for (i, (host, method, path, headers, port, want)) in cases.iter().enumerate() {
+        // A unique query parameter per case (paths match without the query) to
+        // find the case's access-log line.
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let path = format!("{path}{sep}case={i}");
+        let mut args = vec!["-X", method];
+        for h in *headers {
+            args.extend(["-H", h]);
+        }
+        let r = gw.request_on(*port, host, &path, &args).unwrap();
+        if r.status != 200 || r.body != *want {
+            failures.push(format!(
+                "{method} {host}:{port}{path} {headers:?}: want {want}, got {} {:?}",
+                r.status, r.body
+            ));
+            continue;
+        }
+        let entry = gw.access_entry(&path).unwrap();
+        if entry.route_name != *want || entry.status != 200 {
+            failures.push(format!(
+                "{path}: access log names route {:?} (status {}), want {want}",
+                entry.route_name, entry.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn redirects_direct_responses_rewrites_and_header_operations() {
+    if !require_root("redirects_direct_responses_rewrites_and_header_operations") {
+        return;
+    }
+    let redirect = http_virtual_service(
+        "redirect",
+        &["redirect.lab.example.com"],
+        r#"
+- {match: [{uri: {prefix: /r-uri}}], redirect: {uri: /new}}
+- {match: [{uri: {prefix: /r-authority}}], redirect: {authority: other.example.com, redirectCode: 302}}
+- {match: [{uri: {prefix: /r-port}}], redirect: {port: 8443}}
+- {match: [{uri: {prefix: /r-derive}}], redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}}
+- {match: [{uri: {prefix: /r-scheme}}], redirect: {scheme: https, redirectCode: 308}}
+"#,
+    );
+    let direct = http_virtual_service(
+        "direct",
+        &["direct.lab.example.com"],
+        r#"
+- match: [{uri: {exact: /maintenance}}]
+  directResponse: {status: 503, body: {string: down for maintenance}}
+  headers: {response: {set: {retry-after: "120"}}}
+- match: [{uri: {exact: /bytes}}]
+  directResponse: {status: 200, body: {bytes: aGVsbG8gYnl0ZXM=}}
+- match: [{uri: {exact: /teapot}}]
+  directResponse: {status: 418}
+"#,
+    );
+    let rewrite = http_virtual_service(
+        "rewrite",
+        &["rewrite.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /api/}}]
+  rewrite: {uri: /v2/}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /re/}}]
+  rewrite: {uriRegexRewrite: {match: '^/re/([a-z]+)/([0-9]+)$', rewrite: '/\2/\1'}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /auth}}]
+  rewrite: {authority: internal.example.com}
+  route: [{destination: {host: counter}}]
+- route: [{destination: {host: counter}}]
+"#,
+    );
+    let headers = http_virtual_service(
+        "headers",
+        &["headers.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /route}}]
+  headers:
+    request:
+      set: {x-set: route}
+      add: {x-add: route}
+      remove: [x-remove]
+    response:
+      set: {content-type: text/x-set}
+      add: {x-resp-add: route}
+      remove: [x-envoy-upstream-service-time]
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /dest}}]
+  headers: {request: {set: {x-level: route}}}
+  route:
+  - destination: {host: counter}
+    headers:
+      request: {set: {x-level: destination, x-dest: counter, host: dest-host.example.com}}
+      response: {set: {x-dest-resp: counter}}
+- match: [{uri: {prefix: /host}}]
+  headers: {request: {set: {host: set-host.example.com}}}
+  route: [{destination: {host: counter}}]
+"#,
+    );
+    let gw = FeatureGateway::start(
+        &[
+            file("redirect", redirect),
+            file("direct", direct),
+            file("rewrite", rewrite),
+            file("headers", headers),
+        ],
+        &[],
+    )
+    .unwrap();
+    let mut failures: Vec<String> = Vec::new();
+    let mut check = |what: &str, ok: bool, detail: String| {
+        if !ok {
+            failures.push(format!("{what}: {detail}"));
+        }
+    };
+
+    // redirect: (host header, path, status, Location)
+    let redirects = [
+        (
+            "redirect.lab.example.com",
+            "/r-uri/x?q=1",
+            301,
+            "http://redirect.lab.example.com/new?q=1",
+        ),
+        (
+            "redirect.lab.example.com",
+            "/r-authority?q=2",
+            302,
+            "http://other.example.com/r-authority?q=2",
+        ),
+        (
+            "redirect.lab.example.com",
+            "/r-port",
+            301,
+            "http://redirect.lab.example.com:8443/r-port",
+        ),
+        // FROM_REQUEST_PORT: the port the request was addressed to.
+        (
+            "redirect.lab.example.com:30080",
+            "/r-derive",
+            301,
+            "https://redirect.lab.example.com:30080/r-derive",
+        ),
+        (
+            "redirect.lab.example.com",
+            "/r-scheme?a=b",
+            308,
+            "https://redirect.lab.example.com/r-scheme?a=b",
+        ),
+    ];
+    for (host, path, status, location) in redirects {
+        let r = gw.request(host, path, &[]).unwrap();
+        check(
+            &format!("redirect {host}{path}"),
+            r.status == status && r.header("location") == Some(location),
+            format!(
+                "want {status} Location {location}, got {} {:?}",
+                r.status,
+                r.header("location")
+            ),
+        );
+    }
+
+    // directResponse: (path, status, body, extra header)
+    let directs = [
+        (
+            "/maintenance",
+            503,
+            "down for maintenance",
+            Some(("retry-after", "120")),
+        ),
+        ("/bytes", 200, "hello bytes", None),
+        ("/teapot", 418, "", None),
+    ];
+    for (path, status, body, header) in directs {
+        let r = gw.request("direct.lab.example.com", path, &[]).unwrap();
+        check(
+            &format!("directResponse {path}"),
+            r.status == status
+                && r.body == body
+                && header.is_none_or(|(n, v)| r.header(n) == Some(v)),
+            format!("want {status} {body:?} {header:?}, got {r:?}"),
+        );
+    }
+    // A direct response never reaches a backend.
+    check(
+        "directResponse reaches no backend",
+        gw.hits("/maintenance").is_empty(),
+        format!("{:?}", gw.hits("/maintenance")),
+    );
+
+    // rewrite: (path, path at the backend, Host at the backend, x-envoy-original-path)
+    let rewrites = [
+        (
+            "/api/users?x=1",
+            "/v2/users?x=1",
+            "rewrite.lab.example.com",
+            Some("/api/users?x=1"),
+        ),
+        (
+            "/re/item/42",
+            "/42/item",
+            "rewrite.lab.example.com",
+            Some("/re/item/42"),
+        ),
+        ("/auth/me", "/auth/me", "internal.example.com", None),
+        ("/plain", "/plain", "rewrite.lab.example.com", None),
+    ];
+    for (path, upstream_path, upstream_host, original) in rewrites {
+        let r = gw.request("rewrite.lab.example.com", path, &[]).unwrap();
+        let json = r.json().unwrap();
+        let got_original = json["headers"]["x-envoy-original-path"].as_str();
+        check(
+            &format!("rewrite {path}"),
+            r.status == 200
+                && json["path"] == upstream_path
+                && json["host"] == upstream_host
+                && got_original == original,
+            format!(
+                "want path {upstream_path} host {upstream_host} original {original:?}, got {json}"
+            ),
+        );
+        // The access log shows the path the client sent.
+        let entry = gw.access_entry(path).unwrap();
+        check(
+            &format!("access log of rewrite {path}"),
+            entry.status == 200,
+            format!("{entry:?}"),
+        );
+    }
+
+    // headers: route-level set/add/remove on the request and the response.
+    let r = gw
+        .request(
+            "headers.lab.example.com",
+            "/route",
+            &[
+                "-H",
+                "x-set: client",
+                "-H",
+                "x-add: client",
+                "-H",
+                "x-remove: client",
+            ],
+        )
+        .unwrap();
+    let json = r.json().unwrap();
+    let h = &json["headers"];
+    check(
+        "headers.request set/add/remove",
+        h["x-set"] == "route" && h["x-add"] == "client, route" && h.get("x-remove").is_none(),
+        format!("backend saw {h}"),
+    );
+    check(
+        "headers.response set/add/remove",
+        r.header("content-type") == Some("text/x-set")
+            && r.header("x-resp-add") == Some("route")
+            && r.header("x-envoy-upstream-service-time").is_none(),
+        format!("client got {:?}", r.headers),
+    );
+
+    // Per destination: applied after the route's, and `host` rewrites the authority.
+    let r = gw.request("headers.lab.example.com", "/dest", &[]).unwrap();
+    let json = r.json().unwrap();
+    check(
+        "route[].headers",
+        json["headers"]["x-level"] == "destination"
+            && json["headers"]["x-dest"] == "counter"
+            && json["host"] == "dest-host.example.com"
+            && r.header("x-dest-resp") == Some("counter"),
+        format!("backend saw {json}, client got {:?}", r.headers),
+    );
+    let r = gw.request("headers.lab.example.com", "/host", &[]).unwrap();
+    let json = r.json().unwrap();
+    check(
+        "headers.request.set host",
+        json["host"] == "set-host.example.com",
+        format!("backend saw {json}"),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn weighted_destinations_and_subsets() {
+    if !require_root("weighted_destinations_and_subsets") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "weights",
+        &["weights.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /split/}}]
+  route:
+  - {destination: {host: solo-a}, weight: 80}
+  - {destination: {host: solo-b}, weight: 20}
+- match: [{uri: {prefix: /relative/}}]
+  route:
+  - {destination: {host: solo-a}, weight: 1}
+  - {destination: {host: solo-b}, weight: 3}
+- match: [{uri: {prefix: /zero/}}]
+  route:
+  - {destination: {host: solo-a}, weight: 100}
+  - {destination: {host: solo-b}, weight: 0}
+- match: [{uri: {prefix: /v1/}}]
+  route: [{destination: {host: counter, subset: v1}}]
+- match: [{uri: {prefix: /v2/}}]
+  route: [{destination: {host: counter, subset: v2}}]
+"#,
+    );
+    let gw = FeatureGateway::start(&[file("weights", vs)], &[]).unwrap();
+    let run = |prefix: &str, n: usize| {
+        let requests: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    node_url(8080, &format!("{prefix}{i}")),
+                    "weights.lab.example.com".to_owned(),
+                )
+            })
+            .collect();
+        let (codes, stderr) = gw
+            .topo
+            .curl_many(Ns::Client, &requests, 500, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(codes, vec![200; n], "{prefix}: {stderr}");
+        gw.hits(prefix)
+    };
+
+    // 80/20 over 400 requests: counter-a expects 320, standard deviation 8; the
+    // tolerance is 5 standard deviations (a false failure about once in 1.7 million runs).
+    let split = run("/split/", 400);
+    let a = split.get("counter-a").copied().unwrap_or(0);
+    let b = split.get("counter-b").copied().unwrap_or(0);
+    assert_eq!(a + b, 400, "{split:?}");
+    assert!((280..=360).contains(&a), "80/20 split: {split:?}");
+
+    // Weights are relative: 1:3 over 200 requests, counter-b expects 150 (sd 6.1).
+    let relative = run("/relative/", 200);
+    let b = relative.get("counter-b").copied().unwrap_or(0);
+    assert!((120..=180).contains(&b), "1:3 split: {relative:?}");
+
+    // Weight 0 gets nothing.
+    assert_eq!(run("/zero/", 40), hits(&[("counter-a", 40)]));
+
+    // Subsets by Pod labels: v1 is counter-a only; v2 is counter-b and counter-c.
+    assert_eq!(run("/v1/", 20), hits(&[("counter-a", 20)]));
+    let v2 = run("/v2/", 20);
+    assert_eq!(v2.values().sum::<usize>(), 20, "{v2:?}");
+    assert!(
+        v2.keys().all(|k| k == "counter-b" || k == "counter-c") && v2.len() == 2,
+        "subset v2 must spread over counter-b and counter-c only: {v2:?}"
+    );
+    let log = gw.access_log();
+    assert!(
+        log.iter()
+            .filter(|e| e.path.starts_with("/v1/"))
+            .all(|e| e.upstream_cluster == "outbound|80|v1|counter.default.svc.cluster.local"),
+        "subset cluster name in the access log: {log:?}"
+    );
+}
+
+/// One retry case: the request, what the client gets, how many tries the backends see.
+struct RetryCase {
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body_len: usize,
+    status: u16,
+    /// Tries per backend, or `None` to check only the total.
+    by_backend: Option<&'static [(&'static str, usize)]>,
+    tries: usize,
+    /// Access-log `response_flags`, each of which must be present (`-`: none).
+    flags: &'static [&'static str],
+}
+
+const RETRY_ROUTES: &str = r#"
+- {name: default, match: [{uri: {prefix: /default/}}], route: [{destination: {host: counter}}]}
+- {name: default-solo, match: [{uri: {prefix: /solo/}}], route: [{destination: {host: solo-a}}]}
+- {name: disabled, match: [{uri: {prefix: /disabled/}}], retries: {attempts: 0}, route: [{destination: {host: counter}}]}
+- {name: five-xx, match: [{uri: {prefix: /5xx/}}], retries: {attempts: 3, retryOn: 5xx}, route: [{destination: {host: solo-b}}]}
+- {name: gateway-error, match: [{uri: {prefix: /gateway-error/}}], retries: {attempts: 2, retryOn: gateway-error}, route: [{destination: {host: solo-a}}]}
+- {name: retriable-4xx, match: [{uri: {prefix: /retriable-4xx/}}], retries: {attempts: 1, retryOn: retriable-4xx}, route: [{destination: {host: solo-a}}]}
+- {name: codes, match: [{uri: {prefix: /codes/}}], retries: {attempts: 2, retryOn: "retriable-status-codes,418"}, route: [{destination: {host: solo-a}}]}
+- {name: reset, match: [{uri: {prefix: /reset/}}], retries: {attempts: 1, retryOn: reset}, route: [{destination: {host: solo-a}}]}
+- {name: per-try, match: [{uri: {prefix: /slow-per-try/}}], retries: {attempts: 2, perTryTimeout: 300ms, retryOn: gateway-error}, route: [{destination: {host: counter}}]}
+- {name: connect, match: [{uri: {prefix: /connect/}}], route: [{destination: {host: half-dead}}]}
+- {name: dead, match: [{uri: {prefix: /dead/}}], route: [{destination: {host: dead}}]}
+- {name: timeout, match: [{uri: {prefix: /slow-timeout/}}], timeout: 500ms, route: [{destination: {host: solo-a}}]}
+- {name: no-timeout, match: [{uri: {prefix: /slow-none/}}], route: [{destination: {host: solo-a}}]}
+"#;
+
+#[test]
+fn retries_and_timeouts() {
+    if !require_root("retries_and_timeouts") {
+        return;
+    }
+    let vs = http_virtual_service("retry", &["retry.lab.example.com"], RETRY_ROUTES);
+    let gw = FeatureGateway::start(&[file("retry", vs)], &["--access-log-format", "json"]).unwrap();
+    let cases = [
+        RetryCase {
+            what: "no retries field: Istio's default retries 503 twice, each on another endpoint",
+            method: "GET",
+            path: "/default/always-503?status=503",
+            body_len: 0,
+            status: 503,
+            by_backend: Some(&[("counter-a", 1), ("counter-b", 1), ("counter-c", 1)]),
+            tries: 3,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "default policy: two 503s, then 200",
+            method: "GET",
+            path: "/solo/recover?fail=2&key=recover",
+            body_len: 0,
+            status: 200,
+            by_backend: Some(&[("counter-a", 3)]),
+            tries: 3,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "default policy does not retry 500",
+            method: "GET",
+            path: "/solo/500?status=500",
+            body_len: 0,
+            status: 500,
+            by_backend: Some(&[("counter-a", 1)]),
+            tries: 1,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "default policy does not retry a reset",
+            method: "GET",
+            path: "/solo/reset?fail=1&key=solo-reset&fail_with=reset",
+            body_len: 0,
+            status: 503,
+            by_backend: Some(&[("counter-a", 1)]),
+            tries: 1,
+            flags: &["UC"],
+        },
+        RetryCase {
+            what: "attempts: 0 disables retries",
+            method: "GET",
+            path: "/disabled/always-503?status=503",
+            body_len: 0,
+            status: 503,
+            by_backend: None,
+            tries: 1,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "retryOn 5xx, attempts 3: 500 tried 4 times",
+            method: "GET",
+            path: "/5xx/always-500?status=500",
+            body_len: 0,
+            status: 500,
+            by_backend: Some(&[("counter-b", 4)]),
+            tries: 4,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "a retried POST carries its body again",
+            method: "POST",
+            path: "/5xx/body?fail=1&key=body",
+            body_len: 10_000,
+            status: 200,
+            by_backend: Some(&[("counter-b", 2)]),
+            tries: 2,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "retryOn gateway-error retries 502",
+            method: "GET",
+            path: "/gateway-error/502?status=502",
+            body_len: 0,
+            status: 502,
+            by_backend: Some(&[("counter-a", 3)]),
+            tries: 3,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "retryOn gateway-error does not retry 500",
+            method: "GET",
+            path: "/gateway-error/500?status=500",
+            body_len: 0,
+            status: 500,
+            by_backend: Some(&[("counter-a", 1)]),
+            tries: 1,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "retryOn retriable-4xx retries 409",
+            method: "GET",
+            path: "/retriable-4xx/409?status=409",
+            body_len: 0,
+            status: 409,
+            by_backend: Some(&[("counter-a", 2)]),
+            tries: 2,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "retryOn with a status code retries that code",
+            method: "GET",
+            path: "/codes/418?status=418",
+            body_len: 0,
+            status: 418,
+            by_backend: Some(&[("counter-a", 3)]),
+            tries: 3,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "retryOn reset retries a connection closed without an answer",
+            method: "GET",
+            path: "/reset/once?fail=1&key=reset&fail_with=reset",
+            body_len: 0,
+            status: 200,
+            by_backend: Some(&[("counter-a", 2)]),
+            tries: 2,
+            flags: &["-"],
+        },
+        RetryCase {
+            what: "perTryTimeout: each try times out, the next goes to another endpoint",
+            method: "GET",
+            path: "/slow-per-try/x?ms=1500",
+            body_len: 0,
+            status: 504,
+            by_backend: Some(&[("counter-a", 1), ("counter-b", 1), ("counter-c", 1)]),
+            tries: 3,
+            flags: &["UT", "URX"],
+        },
+        RetryCase {
+            what: "connect failure on every endpoint: UF,URX",
+            method: "GET",
+            path: "/dead/x",
+            body_len: 0,
+            status: 503,
+            by_backend: None,
+            tries: 0,
+            flags: &["UF", "URX"],
+        },
+    ];
+    let mut failures = Vec::new();
+    let body_file = gw.topo.log_dir().join("body.bin");
+    for case in &cases {
+        let marker = case.path.split('?').next().unwrap_or(case.path);
+        let mut args = vec!["-X", case.method];
+        let data;
+        if case.body_len > 0 {
+            std::fs::write(&body_file, vec![b'x'; case.body_len]).unwrap();
+            data = format!("@{}", body_file.display());
+            args.extend(["--data-binary", data.as_str()]);
+        }
+        let r = gw
+            .request("retry.lab.example.com", case.path, &args)
+            .unwrap();
+        let seen = gw.hits(marker);
+        let total: usize = seen.values().sum();
+        let entry = gw.access_entry(case.path).unwrap();
+        let flags_ok = case
+            .flags
+            .iter()
+            .all(|f| entry.flags.split(',').any(|g| g == *f));
+        let backends_ok = case.by_backend.is_none_or(|want| seen == hits(want));
+        if r.status != case.status || total != case.tries || !backends_ok || !flags_ok {
+            failures.push(format!(
+                "{}: {} {}\n  want {} after {} tries {:?}, flags {:?}\n  got  {} after {total} tries {seen:?}, flags {:?}; backend lines: {:?}",
+                case.what,
+                case.method,
+                case.path,
+                case.status,
+                case.tries,
+                case.by_backend,
+                case.flags,
+                r.status,
+                entry.flags,
+                gw.hit_lines(marker),
+            ));
+        }
+        if case.body_len > 0 {
+            let lines = gw.hit_lines(marker);
+            let body = format!("body={}", case.body_len);
+            if !lines.iter().all(|l| l.contains(&body)) {
+                failures.push(format!(
+                    "{}: every try must carry the {}-byte body: {lines:?}",
+                    case.what, case.body_len
+                ));
+            }
+        }
+    }
+
+    // Connect failures are retried onto the endpoint that listens (`half-dead` is the
+    // dead address first, then counter-a), and counted in /stats.
+    let before = gw.stats().unwrap();
+    for i in 0..4 {
+        let path = format!("/connect/{i}");
+        let r = gw.request("retry.lab.example.com", &path, &[]).unwrap();
+        let entry = gw.access_entry(&path).unwrap();
+        if r.status != 200 || entry.upstream_host != "198.18.1.10:8080" {
+            failures.push(format!(
+                "connect failure retried: {path}: got {}, access log {entry:?}",
+                r.status
+            ));
+        }
+    }
+    let after = gw.stats().unwrap();
+    let delta = |stat: &str| {
+        cluster_stat(&after, "half-dead", stat) - cluster_stat(&before, "half-dead", stat)
+    };
+    if delta("upstream_rq_retry") < 1 || delta("upstream_rq_retry_success") < 1 {
+        failures.push(format!(
+            "/stats of half-dead: upstream_rq_retry +{}, upstream_rq_retry_success +{}",
+            delta("upstream_rq_retry"),
+            delta("upstream_rq_retry_success")
+        ));
+    }
+    // The cases above on solo-b: 3 retries ending in 500 (limit exceeded), then one
+    // retry that succeeded.
+    let stat = |s: &str| cluster_stat(&after, "solo-b", s);
+    if (
+        stat("upstream_rq_retry"),
+        stat("upstream_rq_retry_success"),
+        stat("upstream_rq_retry_limit_exceeded"),
+    ) != (4, 1, 1)
+    {
+        failures.push(format!(
+            "/stats of solo-b: want retry 4, success 1, limit_exceeded 1; got {}, {}, {}",
+            stat("upstream_rq_retry"),
+            stat("upstream_rq_retry_success"),
+            stat("upstream_rq_retry_limit_exceeded")
+        ));
+    }
+
+    // timeout: 504 with UT after 500 ms, long before the backend answers.
+    let started = Instant::now();
+    let path = "/slow-timeout/x?ms=3000";
+    let r = gw.request("retry.lab.example.com", path, &[]).unwrap();
+    let took = started.elapsed();
+    let entry = gw.access_entry(path).unwrap();
+    if r.status != 504 || entry.flags != "UT" || took >= Duration::from_millis(2000) {
+        failures.push(format!(
+            "timeout 500ms: want 504 UT within 2 s, got {} {} after {took:?}",
+            r.status, entry.flags
+        ));
+    }
+    // No timeout on the route: a 1.5 s answer arrives.
+    let path = "/slow-none/x?ms=1500";
+    let r = gw.request("retry.lab.example.com", path, &[]).unwrap();
+    if r.status != 200 {
+        failures.push(format!("no route timeout: want 200, got {r:?}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn faults_mirrors_and_cors() {
+    if !require_root("faults_mirrors_and_cors") {
+        return;
+    }
+    let fault = http_virtual_service(
+        "fault",
+        &["fault.lab.example.com"],
+        r#"
+- {name: delay, match: [{uri: {prefix: /delay}}], fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}, route: [{destination: {host: solo-a}}]}
+- {name: abort-half, match: [{uri: {prefix: /abort-half}}], fault: {abort: {httpStatus: 503, percentage: {value: 50}}}, route: [{destination: {host: solo-a}}]}
+- {name: abort, match: [{uri: {prefix: /abort}}], fault: {abort: {httpStatus: 418, percentage: {value: 100}}}, route: [{destination: {host: solo-a}}]}
+- {name: grpc-abort, match: [{uri: {prefix: /grpc-abort}}], fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}, route: [{destination: {host: solo-a}}]}
+- {name: no-percentage, match: [{uri: {prefix: /no-percentage}}], fault: {abort: {httpStatus: 500}}, route: [{destination: {host: solo-a}}]}
+"#,
+    );
+    let mirror = http_virtual_service(
+        "mirror",
+        &["mirror.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /all}}]
+  route: [{destination: {host: solo-a}}]
+  mirror: {host: shadow}
+  mirrorPercentage: {value: 100}
+- match: [{uri: {prefix: /half}}]
+  route: [{destination: {host: solo-a}}]
+  mirrors:
+  - {destination: {host: shadow}, percentage: {value: 50}}
+- match: [{uri: {prefix: /none}}]
+  route: [{destination: {host: solo-a}}]
+  mirror: {host: shadow}
+  mirrorPercentage: {value: 0}
+"#,
+    );
+    let cors = http_virtual_service(
+        "cors",
+        &["cors.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /ignore}}]
+  corsPolicy:
+    allowOrigins: [{exact: "https://app.example.com"}]
+    allowMethods: [GET]
+    unmatchedPreflights: IGNORE
+  route: [{destination: {host: solo-a}}]
+- corsPolicy:
+    allowOrigins: [{exact: "https://app.example.com"}, {regex: "https://.*\\.trusted\\.example"}]
+    allowMethods: [GET, POST, PUT]
+    allowHeaders: [x-custom, content-type]
+    exposeHeaders: [x-exposed]
+    maxAge: 24h
+    allowCredentials: true
+  route: [{destination: {host: solo-a}}]
+"#,
+    );
+    let gw = FeatureGateway::start(
+        &[
+            file("fault", fault),
+            file("mirror", mirror),
+            file("cors", cors),
+        ],
+        &[],
+    )
+    .unwrap();
+    let mut failures: Vec<String> = Vec::new();
+    let mut check = |what: &str, ok: bool, detail: String| {
+        if !ok {
+            failures.push(format!("{what}: {detail}"));
+        }
+    };
+    let fault_host = "fault.lab.example.com";
+
+    // delay: the backend answers, 1 s later than it would.
+    let started = Instant::now();
+    let r = gw.request(fault_host, "/delay/x", &[]).unwrap();
+    let took = started.elapsed();
+    let entry = gw.access_entry("/delay/x").unwrap();
+    check(
+        "fault.delay 1s",
+        r.status == 200 && took >= Duration::from_millis(1000) && entry.flags == "DI",
+        format!(
+            "want 200 after >= 1 s with DI, got {} after {took:?} with {}",
+            r.status, entry.flags
+        ),
+    );
+    // abort: answered at the gateway.
+    let r = gw.request(fault_host, "/abort/x", &[]).unwrap();
+    let entry = gw.access_entry("/abort/x").unwrap();
+    check(
+        "fault.abort 418",
+        r.status == 418
+            && r.body == "fault filter abort"
+            && entry.flags == "FI"
+            && gw.hits("/abort/x").is_empty(),
+        format!(
+            "got {} {:?} flags {} backend {:?}",
+            r.status,
+            r.body,
+            entry.flags,
+            gw.hits("/abort/x")
+        ),
+    );
+    let r = gw.request(fault_host, "/grpc-abort/x", &[]).unwrap();
+    check(
+        "fault.abort grpcStatus UNAVAILABLE",
+        r.status == 200 && r.header("grpc-status") == Some("14"),
+        format!("{r:?}"),
+    );
+    // Without a percentage nothing is injected.
+    let r = gw.request(fault_host, "/no-percentage/x", &[]).unwrap();
+    check(
+        "fault.abort without percentage",
+        r.status == 200 && r.json().is_ok_and(|j| j["app"] == "counter"),
+        format!("{r:?}"),
+    );
+    // 50 %: over 200 requests between 70 and 130 aborted (sd 7.1, > 4 sd).
+    let requests: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                node_url(8080, &format!("/abort-half/{i}")),
+                fault_host.to_owned(),
+            )
+        })
+        .collect();
+    let (codes, stderr) = gw
+        .topo
+        .curl_many(Ns::Client, &requests, 500, Duration::from_secs(60))
+        .unwrap();
+    let aborted = codes.iter().filter(|c| **c == 503).count();
+    let passed = codes.iter().filter(|c| **c == 200).count();
+    check(
+        "fault.abort 50%",
+        aborted + passed == 200
+            && (70..=130).contains(&aborted)
+            && gw.hit_lines("/abort-half/").len() == passed,
+        format!(
+            "{aborted} aborted, {passed} passed, backend saw {}; {stderr}",
+            gw.hit_lines("/abort-half/").len()
+        ),
+    );
+
+    // mirror 100 %: the copy reaches `shadow` with Host `<host>-shadow`, the answer
+    // comes from the primary; a mirror that takes 3 s does not slow the answer.
+    let mirror_host = "mirror.lab.example.com";
+    let started = Instant::now();
+    let r = gw
+        .request(
+            mirror_host,
+            "/all/slow-mirror?delay_on=counter-m&ms=3000",
+            &[],
+        )
+        .unwrap();
+    let took = started.elapsed();
+    check(
+        "mirror answer comes from the primary, not slowed by the mirror",
+        r.status == 200
+            && r.json().is_ok_and(|j| j["instance"] == "counter-a")
+            && took < Duration::from_millis(1500),
+        format!("got {} after {took:?}: {}", r.status, r.body),
+    );
+    let r = gw
+        .request(
+            mirror_host,
+            "/all/post",
+            &["-X", "POST", "--data-binary", "0123456789"],
+        )
+        .unwrap();
+    check("mirror POST", r.status == 200, format!("{r:?}"));
+    let lines = gw.wait_hits("/all/", 4, Duration::from_secs(5));
+    let shadow: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("counter counter-m:"))
+        .collect();
+    check(
+        "mirror copies reach the shadow with Host -shadow and the body",
+        shadow.len() == 2
+            && shadow
+                .iter()
+                .all(|l| l.contains(" host=mirror.lab.example.com-shadow "))
+            && shadow
+                .iter()
+                .any(|l| l.contains("/all/post") && l.contains(" body=10 ")),
+        format!("{lines:?}"),
+    );
+    // mirrors[] 50 % over 200 requests; mirrorPercentage 0 mirrors nothing.
+    let requests: Vec<(String, String)> = (0..200)
+        .map(|i| {
+            (
+                node_url(8080, &format!("/half/{i}")),
+                mirror_host.to_owned(),
+            )
+        })
+        .chain((0..20).map(|i| {
+            (
+                node_url(8080, &format!("/none/{i}")),
+                mirror_host.to_owned(),
+            )
+        }))
+        .collect();
+    let (codes, stderr) = gw
+        .topo
+        .curl_many(Ns::Client, &requests, 500, Duration::from_secs(60))
+        .unwrap();
+    check(
+        "mirror load",
+        codes == vec![200; 220],
+        format!("{codes:?} {stderr}"),
+    );
+    // Mirrored requests finish on their own; give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let half = gw.hits("/half/");
+    let mirrored = half.get("counter-m").copied().unwrap_or(0);
+    check(
+        "mirrors[] percentage 50",
+        half.get("counter-a") == Some(&200) && (70..=130).contains(&mirrored),
+        format!("{half:?}"),
+    );
+    let none = gw.hits("/none/");
+    check(
+        "mirrorPercentage 0",
+        none == hits(&[("counter-a", 20)]),
+        format!("{none:?}"),
+    );
+
+    // CORS: a preflight from an allowed origin is answered here, with the policy.
+    let cors_host = "cors.lab.example.com";
+    let preflight = |path: &str, origin: &str| {
+        gw.request(
+            cors_host,
+            path,
+            &[
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: PUT",
+                "-H",
+                "Access-Control-Request-Headers: x-custom",
+            ],
+        )
+        .unwrap()
+    };
+    let r = preflight("/pre/allowed", "https://app.example.com");
+    check(
+        "CORS preflight, allowed origin",
+        r.status == 200
+            && r.header("access-control-allow-origin") == Some("https://app.example.com")
+            && r.header("access-control-allow-methods")
+                .is_some_and(|m| m.contains("PUT"))
+            && r.header("access-control-allow-headers")
+                .is_some_and(|h| h.contains("x-custom"))
+            && r.header("access-control-max-age") == Some("86400")
+            && r.header("access-control-allow-credentials") == Some("true")
+            && gw.hits("/pre/allowed").is_empty(),
+        format!(
+            "got {} {:?}; backend saw {:?}",
+            r.status,
+            r.headers,
+            gw.hits("/pre/allowed")
+        ),
+    );
+    let r = preflight("/pre/regex", "https://ui.trusted.example");
+    check(
+        "CORS preflight, origin allowed by regex",
+        r.header("access-control-allow-origin") == Some("https://ui.trusted.example"),
+        format!("{:?}", r.headers),
+    );
+    // A disallowed origin: no CORS headers; the preflight goes to the backend
+    // (unmatchedPreflights FORWARD, the default) or is answered here (IGNORE).
+    let r = preflight("/pre/denied", "https://evil.example.com");
+    check(
+        "CORS preflight, disallowed origin, forwarded",
+        r.header("access-control-allow-origin").is_none()
+            && r.json().is_ok_and(|j| j["method"] == "OPTIONS"),
+        format!("{r:?}"),
+    );
+    let r = preflight("/ignore/pre", "https://evil.example.com");
+    check(
+        "CORS preflight, disallowed origin, IGNORE",
+        r.status == 200
+            && r.header("access-control-allow-origin").is_none()
+            && gw.hits("/ignore/pre").is_empty(),
+        format!("{r:?}; backend saw {:?}", gw.hits("/ignore/pre")),
+    );
+    // Simple requests: the backend answers, the gateway adds the CORS headers.
+    let r = gw
+        .request(
+            cors_host,
+            "/simple/allowed",
+            &["-H", "Origin: https://app.example.com"],
+        )
+        .unwrap();
+    check(
+        "CORS simple request, allowed origin",
+        r.json().is_ok_and(|j| j["app"] == "counter")
+            && r.header("access-control-allow-origin") == Some("https://app.example.com")
+            && r.header("access-control-expose-headers") == Some("x-exposed"),
+        format!("{r:?}"),
+    );
+    let r = gw
+        .request(
+            cors_host,
+            "/simple/denied",
+            &["-H", "Origin: https://evil.example.com"],
+        )
+        .unwrap();
+    check(
+        "CORS simple request, disallowed origin",
+        r.status == 200
+            && !r
+                .headers
+                .iter()
+                .any(|(n, _)| n.starts_with("access-control-")),
+        format!("{r:?}"),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn check_names_the_invalid_http_fields() {
+    let vs = http_virtual_service(
+        "broken",
+        &["broken.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /a}}]
+  headers: {request: {set: {"bad header": x}}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /b}}]
+  retries: {attempts: 2, retryOn: "5xx,sometimes"}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /c}}]
+  redirect: {uri: /x, redirectCode: 305}
+- match: [{uri: {prefix: /d}}]
+  rewrite: {uri: /x, uriRegexRewrite: {match: "^/d", rewrite: /y}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /e}}]
+  fault: {abort: {httpStatus: 500, percentage: {value: 150}}}
+  route: [{destination: {host: counter}}]
+"#,
+    );
+    let dir = ConfigDir::temp().unwrap();
+    dir.write("broken-virtualservice.yaml", &vs).unwrap();
+    let out = ingressd_cli(&["check", "--config", &dir.path().to_string_lossy()]).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for field in [
+        "spec.http[0].headers.request.set.bad header",
+        "spec.http[1].retries.retryOn",
+        "spec.http[2].redirect.redirectCode",
+        "spec.http[3].rewrite",
+        "spec.http[4].fault.abort.percentage",
+    ] {
+        let line = text.lines().find(|l| l.contains(field));
+        assert!(
+            line.is_some_and(
+                |l| l.contains("broken-virtualservice.yaml") && l.contains("default/broken")
+            ),
+            "no error naming the file, the resource and {field}:\n{text}"
+        );
+    }
+}
