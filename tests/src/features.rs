@@ -9,6 +9,9 @@
 //!  counter-m 198.18.1.13                   Service  shadow (mirror target)
 //!  nothing   198.18.1.2:8080               Services dead, half-dead (connection refused)
 //! ```
+//!
+//! The DestinationRule for `counter` defines subsets `v1`, `v2` and `v3` (which no Pod
+//! has) by the `version` label.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -84,7 +87,7 @@ fn backend_resources() -> String {
         }
     }
     docs.push(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: counter\n  namespace: default\nspec:\n  host: counter.default.svc.cluster.local\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n"
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: counter\n  namespace: default\nspec:\n  host: counter.default.svc.cluster.local\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n"
             .to_owned(),
     );
     docs.join("---\n")

@@ -33,6 +33,11 @@ const MATCH_ROUTES: &str = r#"
 - {name: prefix, match: [{uri: {prefix: /prefix}}], directResponse: {status: 200, body: {string: prefix}}}
 - {name: regex, match: [{uri: {regex: "/re/[0-9]+"}}], directResponse: {status: 200, body: {string: regex}}}
 - {name: ignore-case, match: [{uri: {exact: /CaseLess}, ignoreUriCase: true}], directResponse: {status: 200, body: {string: ignore-case}}}
+- {name: ignore-case-prefix, match: [{uri: {prefix: /Mixed}, ignoreUriCase: true}], directResponse: {status: 200, body: {string: ignore-case-prefix}}}
+- {name: method-regex, match: [{uri: {prefix: /mregex}, method: {regex: "PUT|PATCH"}}], directResponse: {status: 200, body: {string: method-regex}}}
+- {name: without-value, match: [{uri: {prefix: /wv}, withoutHeaders: {x-env: {exact: prod}}}], directResponse: {status: 200, body: {string: without-value}}}
+- {name: query-regex, match: [{uri: {prefix: /q}, queryParams: {q: {regex: "a+"}}}], directResponse: {status: 200, body: {string: query-regex}}}
+- {name: named, match: [{name: m1, uri: {exact: /named1}}, {name: m2, uri: {exact: /named2}}], directResponse: {status: 200, body: {string: named}}}
 - {name: method, match: [{uri: {prefix: /method}, method: {exact: POST}}], directResponse: {status: 200, body: {string: method}}}
 - {name: without, match: [{uri: {prefix: /without}, withoutHeaders: {x-block: {}}}], directResponse: {status: 200, body: {string: without}}}
 - {name: and, match: [{uri: {prefix: /and}, headers: {x-and: {exact: "yes"}}}], directResponse: {status: 200, body: {string: and}}}
@@ -67,6 +72,7 @@ fn match_conditions_pick_the_first_matching_route() {
     }
     let vs = http_virtual_service("matches", &[MATCH_HOST, ALT_MATCH_HOST], MATCH_ROUTES);
     let gw = FeatureGateway::start(&[file("matches", vs)], &[]).unwrap();
+    #[rustfmt::skip]
     let cases: &[MatchCase] = &[
         (MATCH_HOST, "GET", "/exact", &[], 8080, "exact"),
         (MATCH_HOST, "GET", "/exact/x", &[], 8080, "fallback"),
@@ -77,17 +83,19 @@ fn match_conditions_pick_the_first_matching_route() {
         (MATCH_HOST, "GET", "/re/123x", &[], 8080, "fallback"),
         (MATCH_HOST, "GET", "/caseless", &[], 8080, "ignore-case"),
         (MATCH_HOST, "GET", "/CASELESS", &[], 8080, "ignore-case"),
+        (MATCH_HOST, "GET", "/mIxEd/tail", &[], 8080, "ignore-case-prefix"),
+        (MATCH_HOST, "PATCH", "/mregex", &[], 8080, "method-regex"),
+        (MATCH_HOST, "DELETE", "/mregex", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/wv", &[], 8080, "without-value"),
+        (MATCH_HOST, "GET", "/wv", &["x-env: dev"], 8080, "without-value"),
+        (MATCH_HOST, "GET", "/wv", &["x-env: prod"], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/q?q=aaa", &[], 8080, "query-regex"),
+        (MATCH_HOST, "GET", "/q?q=ab", &[], 8080, "fallback"),
+        (MATCH_HOST, "GET", "/q", &[], 8080, "fallback"),
         (MATCH_HOST, "POST", "/method", &[], 8080, "method"),
         (MATCH_HOST, "GET", "/method", &[], 8080, "fallback"),
         (MATCH_HOST, "GET", "/without", &[], 8080, "without"),
-        (
-            MATCH_HOST,
-            "GET",
-            "/without",
-            &["x-block: 1"],
-            8080,
-            "fallback",
-        ),
+        (MATCH_HOST, "GET", "/without", &["x-block: 1"], 8080, "fallback"),
         // AND inside a match.
         (MATCH_HOST, "GET", "/and", &["x-and: yes"], 8080, "and"),
         (MATCH_HOST, "GET", "/and", &[], 8080, "fallback"),
@@ -98,48 +106,15 @@ fn match_conditions_pick_the_first_matching_route() {
         (MATCH_HOST, "GET", "/scheme", &[], 8080, "scheme-http"),
         // First match wins.
         (MATCH_HOST, "GET", "/first", &[], 8080, "first-a"),
-        (
-            MATCH_HOST,
-            "GET",
-            "/x",
-            &["x-user: jason"],
-            8080,
-            "hdr-exact",
-        ),
-        (
-            MATCH_HOST,
-            "GET",
-            "/x",
-            &["x-user: jasonx"],
-            8080,
-            "fallback",
-        ),
-        (
-            MATCH_HOST,
-            "GET",
-            "/x",
-            &["x-tier: gold-plus"],
-            8080,
-            "hdr-prefix",
-        ),
-        (
-            MATCH_HOST,
-            "GET",
-            "/x",
-            &["x-tier: silver"],
-            8080,
-            "fallback",
-        ),
+        (MATCH_HOST, "GET", "/x", &["x-user: jason"], 8080, "hdr-exact"),
+        (MATCH_HOST, "GET", "/x", &["x-user: jasonx"], 8080, "fallback"),
+        // Header names are case-insensitive.
+        (MATCH_HOST, "GET", "/x", &["X-USER: jason"], 8080, "hdr-exact"),
+        (MATCH_HOST, "GET", "/x", &["x-tier: gold-plus"], 8080, "hdr-prefix"),
+        (MATCH_HOST, "GET", "/x", &["x-tier: silver"], 8080, "fallback"),
         (MATCH_HOST, "GET", "/x", &["x-ver: v12"], 8080, "hdr-regex"),
         (MATCH_HOST, "GET", "/x", &["x-ver: v12a"], 8080, "fallback"),
-        (
-            MATCH_HOST,
-            "GET",
-            "/x",
-            &["x-present: 1"],
-            8080,
-            "hdr-present",
-        ),
+        (MATCH_HOST, "GET", "/x", &["x-present: 1"], 8080, "hdr-present"),
         (MATCH_HOST, "GET", "/x?debug=1", &[], 8080, "query"),
         (MATCH_HOST, "GET", "/x?debug=2", &[], 8080, "fallback"),
         (ALT_MATCH_HOST, "GET", "/x", &[], 8080, "authority"),
@@ -177,7 +152,32 @@ fn match_conditions_pick_the_first_matching_route() {
             ));
         }
     }
+    // A named match names the route `<route name>.<match name>`, as Istio does.
+    for (path, route_name) in [("/named1", "named.m1"), ("/named2", "named.m2")] {
+        let r = gw.request(MATCH_HOST, path, &[]).unwrap();
+        let entry = gw.access_entry(path).unwrap();
+        if r.body != "named" || entry.route_name != route_name {
+            failures.push(format!(
+                "{path}: want body named, route_name {route_name}; got {:?}, {:?}",
+                r.body, entry.route_name
+            ));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `(scheme, host, port, path)` of an absolute URL; the port defaults by scheme.
+fn split_url(url: &str) -> Option<(String, String, u16, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (authority, if scheme == "https" { 443 } else { 80 }),
+    };
+    Some((scheme.to_owned(), host.to_owned(), port, path.to_owned()))
 }
 
 #[test]
@@ -192,7 +192,6 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
 - {match: [{uri: {prefix: /r-uri}}], redirect: {uri: /new}}
 - {match: [{uri: {prefix: /r-authority}}], redirect: {authority: other.example.com, redirectCode: 302}}
 - {match: [{uri: {prefix: /r-port}}], redirect: {port: 8443}}
-- {match: [{uri: {prefix: /r-derive}}], redirect: {scheme: https, derivePort: FROM_REQUEST_PORT}}
 - {match: [{uri: {prefix: /r-scheme}}], redirect: {scheme: https, redirectCode: 308}}
 "#,
     );
@@ -218,6 +217,9 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
   route: [{destination: {host: counter}}]
 - match: [{uri: {prefix: /re/}}]
   rewrite: {uriRegexRewrite: {match: '^/re/([a-z]+)/([0-9]+)$', rewrite: '/\2/\1'}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {exact: /old}}]
+  rewrite: {uri: /new-exact}
   route: [{destination: {host: counter}}]
 - match: [{uri: {prefix: /auth}}]
   rewrite: {authority: internal.example.com}
@@ -289,13 +291,6 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
             301,
             "http://redirect.lab.example.com:8443/r-port",
         ),
-        // FROM_REQUEST_PORT: the port the request was addressed to.
-        (
-            "redirect.lab.example.com:30080",
-            "/r-derive",
-            301,
-            "https://redirect.lab.example.com:30080/r-derive",
-        ),
         (
             "redirect.lab.example.com",
             "/r-scheme?a=b",
@@ -337,6 +332,16 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
             format!("want {status} {body:?} {header:?}, got {r:?}"),
         );
     }
+    // No route matches: 404 with NR.
+    let r = gw
+        .request("direct.lab.example.com", "/no-such-route", &[])
+        .unwrap();
+    let entry = gw.access_entry("/no-such-route").unwrap();
+    check(
+        "no matching route",
+        r.status == 404 && entry.flags == "NR",
+        format!("got {} with flags {}", r.status, entry.flags),
+    );
     // A direct response never reaches a backend.
     check(
         "directResponse reaches no backend",
@@ -357,6 +362,12 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
             "/42/item",
             "rewrite.lab.example.com",
             Some("/re/item/42"),
+        ),
+        (
+            "/old?x=1",
+            "/new-exact?x=1",
+            "rewrite.lab.example.com",
+            Some("/old?x=1"),
         ),
         ("/auth/me", "/auth/me", "internal.example.com", None),
         ("/plain", "/plain", "rewrite.lab.example.com", None),
@@ -460,6 +471,10 @@ fn weighted_destinations_and_subsets() {
   route: [{destination: {host: counter, subset: v1}}]
 - match: [{uri: {prefix: /v2/}}]
   route: [{destination: {host: counter, subset: v2}}]
+- match: [{uri: {prefix: /v3/}}]
+  route: [{destination: {host: counter, subset: v3}}]
+- match: [{uri: {prefix: /v9/}}]
+  route: [{destination: {host: counter, subset: v9}}]
 "#,
     );
     let gw = FeatureGateway::start(&[file("weights", vs)], &[]).unwrap();
@@ -504,6 +519,17 @@ fn weighted_destinations_and_subsets() {
         v2.keys().all(|k| k == "counter-b" || k == "counter-c") && v2.len() == 2,
         "subset v2 must spread over counter-b and counter-c only: {v2:?}"
     );
+    // A subset no Pod matches has no endpoints (503 UH); a subset no
+    // DestinationRule defines has no cluster (503 NC).
+    for (path, flag) in [("/v3/x", "UH"), ("/v9/x", "NC")] {
+        let r = gw.request("weights.lab.example.com", path, &[]).unwrap();
+        let entry = gw.access_entry(path).unwrap();
+        assert_eq!(
+            (r.status, entry.flags.as_str()),
+            (503, flag),
+            "{path}: {r:?} {entry:?}"
+        );
+    }
     let log = gw.access_log();
     assert!(
         log.iter()
@@ -541,6 +567,9 @@ const RETRY_ROUTES: &str = r#"
 - {name: dead, match: [{uri: {prefix: /dead/}}], route: [{destination: {host: dead}}]}
 - {name: timeout, match: [{uri: {prefix: /slow-timeout/}}], timeout: 500ms, route: [{destination: {host: solo-a}}]}
 - {name: no-timeout, match: [{uri: {prefix: /slow-none/}}], route: [{destination: {host: solo-a}}]}
+- {name: zero-timeout, match: [{uri: {prefix: /slow-zero/}}], timeout: 0s, route: [{destination: {host: solo-a}}]}
+- {name: attempts-only, match: [{uri: {prefix: /attempts-only/}}], retries: {attempts: 1}, route: [{destination: {host: counter}}]}
+- {name: timeout-over-tries, match: [{uri: {prefix: /slow-budget/}}], timeout: 700ms, retries: {attempts: 5, perTryTimeout: 300ms, retryOn: gateway-error}, route: [{destination: {host: counter}}]}
 "#;
 
 #[test]
@@ -600,6 +629,16 @@ fn retries_and_timeouts() {
             by_backend: None,
             tries: 1,
             flags: &["-"],
+        },
+        RetryCase {
+            what: "attempts without retryOn: Istio's default conditions (503)",
+            method: "GET",
+            path: "/attempts-only/x?status=503",
+            body_len: 0,
+            status: 503,
+            by_backend: None,
+            tries: 2,
+            flags: &["URX"],
         },
         RetryCase {
             what: "retryOn 5xx, attempts 3: 500 tried 4 times",
@@ -795,11 +834,30 @@ fn retries_and_timeouts() {
             r.status, entry.flags
         ));
     }
-    // No timeout on the route: a 1.5 s answer arrives.
-    let path = "/slow-none/x?ms=1500";
+    // The route timeout bounds all tries together.
+    let started = Instant::now();
+    let path = "/slow-budget/x?ms=3000";
     let r = gw.request("retry.lab.example.com", path, &[]).unwrap();
-    if r.status != 200 {
-        failures.push(format!("no route timeout: want 200, got {r:?}"));
+    let took = started.elapsed();
+    let entry = gw.access_entry(path).unwrap();
+    let tries = gw.hit_lines("/slow-budget/").len();
+    if r.status != 504
+        || !entry.flags.split(',').any(|f| f == "UT")
+        || took >= Duration::from_millis(1500)
+        || !(2..=3).contains(&tries)
+    {
+        failures.push(format!(
+            "timeout 700ms over perTryTimeout 300ms: want 504 UT within 1.5 s after 2-3 tries, \
+             got {} {} after {took:?} and {tries} tries",
+            r.status, entry.flags
+        ));
+    }
+    // No timeout on the route, or `0s`: a 1.5 s answer arrives.
+    for path in ["/slow-none/x?ms=1500", "/slow-zero/x?ms=1500"] {
+        let r = gw.request("retry.lab.example.com", path, &[]).unwrap();
+        if r.status != 200 {
+            failures.push(format!("{path}: no route timeout, want 200, got {r:?}"));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -971,17 +1029,22 @@ fn faults_mirrors_and_cors() {
         )
         .unwrap();
     check("mirror POST", r.status == 200, format!("{r:?}"));
-    let lines = gw.wait_hits("/all/", 4, Duration::from_secs(5));
+    let r = gw
+        .request(&format!("{mirror_host}:8080"), "/all/with-port", &[])
+        .unwrap();
+    check("mirror, Host with port", r.status == 200, format!("{r:?}"));
+    let lines = gw.wait_hits("/all/", 6, Duration::from_secs(5));
     let shadow: Vec<&String> = lines
         .iter()
         .filter(|l| l.starts_with("counter counter-m:"))
         .collect();
     check(
         "mirror copies reach the shadow with Host -shadow and the body",
-        shadow.len() == 2
-            && shadow
-                .iter()
-                .all(|l| l.contains(" host=mirror.lab.example.com-shadow "))
+        shadow.len() == 3
+            && shadow.iter().all(|l| {
+                l.contains(" host=mirror.lab.example.com-shadow ")
+                    || l.contains("/all/with-port host=mirror.lab.example.com-shadow:8080 ")
+            })
             && shadow
                 .iter()
                 .any(|l| l.contains("/all/post") && l.contains(" body=10 ")),
@@ -1120,6 +1183,127 @@ fn faults_mirrors_and_cors() {
         format!("{r:?}"),
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// The three tests below each check one detail where Istio's gateway (Envoy) and
+// ingressd may part ways; each has a gateway of its own so that it passes or fails alone.
+
+/// `derivePort: FROM_REQUEST_PORT` at a gateway: Istio writes the port of the Gateway
+/// server the route is built for (here 80) into Envoy's `port_redirect`, whichever node
+/// port or Host port the client used (`setRequestRedirectPort` / `translateRedirect`
+/// in istio/pilot). `:80` and no port are the same URL for http.
+#[test]
+fn redirect_derive_port_is_the_gateway_server_port() {
+    if !require_root("redirect_derive_port_is_the_gateway_server_port") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "derive",
+        &["derive.lab.example.com"],
+        "- {match: [{uri: {prefix: /r-derive}}], redirect: {uri: /derived, derivePort: FROM_REQUEST_PORT}}\n",
+    );
+    let gw = FeatureGateway::start(&[file("derive", vs)], &[]).unwrap();
+    for (port, host) in [
+        (30080, "derive.lab.example.com:30080"),
+        (8080, "derive.lab.example.com:8080"),
+        (8080, "derive.lab.example.com"),
+    ] {
+        let r = gw.request_on(port, host, "/r-derive?k=v", &[]).unwrap();
+        let location = r.header("location").unwrap_or_default().to_owned();
+        assert!(
+            r.status == 301
+                && split_url(&location)
+                    == Some((
+                        "http".into(),
+                        "derive.lab.example.com".into(),
+                        80,
+                        "/derived?k=v".into(),
+                    )),
+            "Host {host} on node port {port}: want 301 to \
+             http://derive.lab.example.com[:80]/derived?k=v (the Gateway server port), \
+             got {} {location:?}",
+            r.status
+        );
+    }
+}
+
+/// Envoy applies a route's `response_headers_to_add` (Istio's `headers.response`) to
+/// the local replies of the router as well (the filter manager finalizes the route's
+/// response headers on every local reply once a route is chosen): a route timeout's 504
+/// and a connect failure's 503 carry them, like an upstream answer.
+#[test]
+fn route_response_headers_apply_to_local_replies() {
+    if !require_root("route_response_headers_apply_to_local_replies") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "local-reply",
+        &["local-reply.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /slow-timeout}}]
+  timeout: 300ms
+  headers: {response: {set: {x-route-header: "yes"}}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /dead}}]
+  headers: {response: {set: {x-route-header: "yes"}}}
+  route: [{destination: {host: dead}}]
+- headers: {response: {set: {x-route-header: "yes"}}}
+  route: [{destination: {host: counter}}]
+"#,
+    );
+    let gw = FeatureGateway::start(&[file("local-reply", vs)], &[]).unwrap();
+    let mut failures = Vec::new();
+    for (path, status, flags) in [
+        ("/upstream", 200, "-"),
+        ("/slow-timeout?ms=2000", 504, "UT"),
+        ("/dead", 503, "UF,URX"),
+    ] {
+        let r = gw
+            .request("local-reply.lab.example.com", path, &[])
+            .unwrap();
+        let entry = gw.access_entry(path).unwrap();
+        if (r.status, entry.flags.as_str()) != (status, flags)
+            || r.header("x-route-header") != Some("yes")
+        {
+            failures.push(format!(
+                "{path}: want {status} {flags} with x-route-header: yes, got {} {} {:?}",
+                r.status, entry.flags, r.headers
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A fault with both a delay and an abort applies both, and the access log says so
+/// with both flags, in Envoy's order: `DI,FI`.
+#[test]
+fn fault_delay_and_abort_log_both_flags() {
+    if !require_root("fault_delay_and_abort_log_both_flags") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "delay-abort",
+        &["delay-abort.lab.example.com"],
+        "- {fault: {delay: {fixedDelay: 200ms, percentage: {value: 100}}, abort: {httpStatus: 503, percentage: {value: 100}}}, route: [{destination: {host: solo-a}}]}\n",
+    );
+    let gw = FeatureGateway::start(&[file("delay-abort", vs)], &[]).unwrap();
+    let started = Instant::now();
+    let r = gw
+        .request("delay-abort.lab.example.com", "/x", &[])
+        .unwrap();
+    let took = started.elapsed();
+    let entry = gw.access_entry("/x").unwrap();
+    assert!(
+        r.status == 503
+            && r.body == "fault filter abort"
+            && took >= Duration::from_millis(200)
+            && entry.flags == "DI,FI",
+        "want 503 after >= 200 ms with flags DI,FI, got {} {:?} after {took:?} with {}",
+        r.status,
+        r.body,
+        entry.flags
+    );
+    assert!(gw.hits("/x").is_empty(), "{:?}", gw.hits("/x"));
 }
 
 #[test]
