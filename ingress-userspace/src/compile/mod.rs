@@ -30,6 +30,7 @@ use crate::model::{
     self, Destination, Gateway, Host, HttpAction, HttpMatch, Model, RouteDestination, Server,
     TargetPort, TlsMode, VirtualService,
 };
+use crate::snapshot::policy::ClusterPolicy;
 use crate::snapshot::{
     CaSource, CertificateSource, ChainAction, ClientAuth, FilterChain, TlsContext, TlsListener,
     TlsVersion,
@@ -925,6 +926,39 @@ impl<'a> Compiler<'a> {
         out
     }
 
+    /// The merged `trafficPolicy` of a cluster and its connect timeout: the
+    /// first DestinationRule for the host with a top-level policy, its
+    /// `portLevelSettings` for the port, then the subset's policy and the
+    /// subset's port-level settings, each overriding what it sets.
+    fn cluster_policy(&self, demand: &ClusterDemand) -> (ClusterPolicy, Duration) {
+        let rules = || {
+            self.model
+                .destination_rules
+                .iter()
+                .filter(|dr| dr.host.as_str() == demand.host)
+        };
+        let top = rules()
+            .find_map(|dr| dr.policy.as_ref())
+            .map(|p| p.for_port(demand.port))
+            .unwrap_or_default();
+        let merged = match rules()
+            .flat_map(|dr| dr.subsets.iter())
+            .find(|s| !demand.subset.is_empty() && s.name == demand.subset)
+            .and_then(|s| s.policy.as_ref())
+        {
+            Some(subset) => top.overridden_by(&subset.for_port(demand.port)),
+            None => top,
+        };
+        (
+            ClusterPolicy {
+                lb: merged.lb.unwrap_or_default(),
+                limits: merged.limits.unwrap_or_default(),
+                outlier: merged.outlier,
+            },
+            merged.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )
+    }
+
     /// The subset's labels, or `None` when the subset is not defined (the
     /// cluster then does not exist). The empty subset has no labels.
     fn subset_labels(&self, demand: &ClusterDemand) -> Option<BTreeMap<String, String>> {
@@ -949,6 +983,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Cluster> {
         let port = service.ports.iter().find(|p| p.port == demand.port)?;
         let labels = self.subset_labels(demand)?;
+        let (policy, connect_timeout) = self.cluster_policy(demand);
         let mut endpoints = Vec::new();
         let slices = self.model.endpoint_slices.iter().filter(|s| {
             s.meta.namespace == service.meta.namespace && s.service == service.meta.name
@@ -997,7 +1032,8 @@ impl<'a> Compiler<'a> {
             },
             endpoints,
             protocol: service_port_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout,
+            policy,
         })
     }
 
@@ -1024,6 +1060,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Cluster> {
         let port = se.ports.iter().find(|p| p.number == demand.port)?;
         let labels = self.subset_labels(demand)?;
+        let (policy, connect_timeout) = self.cluster_policy(demand);
         let mut endpoints: Vec<Endpoint> = se
             .endpoints
             .iter()
@@ -1055,7 +1092,8 @@ impl<'a> Compiler<'a> {
             },
             endpoints,
             protocol: service_port_protocol(Some(&port.name), port.protocol.as_deref()),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout,
+            policy,
         })
     }
 }
