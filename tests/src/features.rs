@@ -10,7 +10,7 @@
 //!  nothing   198.18.1.2:8080               Services dead, half-dead (connection refused)
 //! ```
 //!
-//! The DestinationRule for `counter` defines subsets `v1`, `v2` and `v3` (which no Pod
+//! `half-dead` is balanced round robin; the DestinationRule for `counter` defines subsets `v1`, `v2` and `v3` (which no Pod
 //! has) by the `version` label.
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,6 +86,12 @@ fn backend_resources() -> String {
             ));
         }
     }
+    // Round robin over `half-dead`, so that the dead endpoint comes first for every
+    // other request (Istio's default, LEAST_REQUEST, picks at random when idle).
+    docs.push(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: half-dead\n  namespace: default\nspec:\n  host: half-dead\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n"
+            .to_owned(),
+    );
     docs.push(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: counter\n  namespace: default\nspec:\n  host: counter.default.svc.cluster.local\n  subsets:\n  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n  - name: v3\n    labels:\n      version: v3\n"
             .to_owned(),

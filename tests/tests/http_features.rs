@@ -661,6 +661,16 @@ fn retries_and_timeouts() {
             flags: &["-"],
         },
         RetryCase {
+            what: "a 64 KiB body is still kept for the retry",
+            method: "POST",
+            path: "/5xx/body-64k?fail=1&key=body-64k",
+            body_len: 64 * 1024,
+            status: 200,
+            by_backend: Some(&[("counter-b", 2)]),
+            tries: 2,
+            flags: &["-"],
+        },
+        RetryCase {
             what: "retryOn gateway-error retries 502",
             method: "GET",
             path: "/gateway-error/502?status=502",
@@ -805,17 +815,17 @@ fn retries_and_timeouts() {
             delta("upstream_rq_retry_success")
         ));
     }
-    // The cases above on solo-b: 3 retries ending in 500 (limit exceeded), then one
-    // retry that succeeded.
+    // The cases above on solo-b: 3 retries ending in 500 (limit exceeded), then two
+    // retries that succeeded.
     let stat = |s: &str| cluster_stat(&after, "solo-b", s);
     if (
         stat("upstream_rq_retry"),
         stat("upstream_rq_retry_success"),
         stat("upstream_rq_retry_limit_exceeded"),
-    ) != (4, 1, 1)
+    ) != (5, 2, 1)
     {
         failures.push(format!(
-            "/stats of solo-b: want retry 4, success 1, limit_exceeded 1; got {}, {}, {}",
+            "/stats of solo-b: want retry 5, success 2, limit_exceeded 1; got {}, {}, {}",
             stat("upstream_rq_retry"),
             stat("upstream_rq_retry_success"),
             stat("upstream_rq_retry_limit_exceeded")
@@ -1268,6 +1278,35 @@ fn route_response_headers_apply_to_local_replies() {
             failures.push(format!(
                 "{path}: want {status} {flags} with x-route-header: yes, got {} {} {:?}",
                 r.status, entry.flags, r.headers
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Istio turns on Envoy's `include_request_attempt_count` for the gateway's virtual
+/// hosts (`/config_dump` says so here too): every upstream request carries
+/// `x-envoy-attempt-count`, 1 for the first try, 3 for the second retry.
+#[test]
+fn upstream_requests_carry_the_attempt_count() {
+    if !require_root("upstream_requests_carry_the_attempt_count") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "attempts",
+        &["attempts.lab.example.com"],
+        "- {route: [{destination: {host: solo-a}}]}\n",
+    );
+    let gw = FeatureGateway::start(&[file("attempts", vs)], &[]).unwrap();
+    let mut failures = Vec::new();
+    for (path, attempt) in [("/first", "1"), ("/third?fail=2&key=third", "3")] {
+        let r = gw.request("attempts.lab.example.com", path, &[]).unwrap();
+        let json = r.json().unwrap();
+        let got = &json["headers"]["x-envoy-attempt-count"];
+        if r.status != 200 || got != attempt {
+            failures.push(format!(
+                "{path}: want 200 with x-envoy-attempt-count {attempt} at the backend, got {} {got}",
+                r.status
             ));
         }
     }
