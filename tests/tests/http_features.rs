@@ -192,7 +192,7 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
 - {match: [{uri: {prefix: /r-uri}}], redirect: {uri: /new}}
 - {match: [{uri: {prefix: /r-authority}}], redirect: {authority: other.example.com, redirectCode: 302}}
 - {match: [{uri: {prefix: /r-port}}], redirect: {port: 8443}}
-- {match: [{uri: {prefix: /r-scheme}}], redirect: {scheme: https, redirectCode: 308}}
+- {match: [{uri: {prefix: /r-scheme}}], redirect: {scheme: https, redirectCode: 308}, headers: {response: {set: {x-redirected-by: gateway}}}}
 "#,
     );
     let direct = http_virtual_service(
@@ -300,6 +300,13 @@ fn redirects_direct_responses_rewrites_and_header_operations() {
     ];
     for (host, path, status, location) in redirects {
         let r = gw.request(host, path, &[]).unwrap();
+        if path.starts_with("/r-scheme") {
+            check(
+                "headers.response on a redirect",
+                r.header("x-redirected-by") == Some("gateway"),
+                format!("{:?}", r.headers),
+            );
+        }
         check(
             &format!("redirect {host}{path}"),
             r.status == status && r.header("location") == Some(location),
@@ -621,6 +628,36 @@ fn retries_and_timeouts() {
             flags: &["UC"],
         },
         RetryCase {
+            what: "default policy retries gRPC UNAVAILABLE (14)",
+            method: "GET",
+            path: "/solo/grpc-unavailable?grpc_status=14",
+            body_len: 0,
+            status: 200,
+            by_backend: Some(&[("counter-a", 3)]),
+            tries: 3,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "default policy retries gRPC CANCELLED (1)",
+            method: "GET",
+            path: "/solo/grpc-cancelled?grpc_status=1",
+            body_len: 0,
+            status: 200,
+            by_backend: Some(&[("counter-a", 3)]),
+            tries: 3,
+            flags: &["URX"],
+        },
+        RetryCase {
+            what: "default policy does not retry gRPC INTERNAL (13)",
+            method: "GET",
+            path: "/solo/grpc-internal?grpc_status=13",
+            body_len: 0,
+            status: 200,
+            by_backend: Some(&[("counter-a", 1)]),
+            tries: 1,
+            flags: &["-"],
+        },
+        RetryCase {
             what: "attempts: 0 disables retries",
             method: "GET",
             path: "/disabled/always-503?status=503",
@@ -788,6 +825,18 @@ fn retries_and_timeouts() {
                 ));
             }
         }
+    }
+
+    // The JSON access log names the route and the cluster.
+    let entry = gw.access_entry(cases[0].path).unwrap();
+    if entry.route_name != "default"
+        || entry.upstream_cluster != "outbound|80||counter.default.svc.cluster.local"
+    {
+        failures.push(format!(
+            "JSON access log of {}: want route_name default, upstream_cluster \
+             outbound|80||counter.default.svc.cluster.local; got {entry:?}",
+            cases[0].path
+        ));
     }
 
     // Connect failures are retried onto the endpoint that listens (`half-dead` is the

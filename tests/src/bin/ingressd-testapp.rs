@@ -42,7 +42,9 @@ enum Cmd {
     /// `?fail=N&key=K` answers 503 to the first N requests carrying key K (counted
     /// per instance), then as usual (with `&fail_with=reset`: closes the connection
     /// without an answer instead); `?delay_on=NAME&ms=N` waits N ms only on the
-    /// instance called NAME (e.g. a mirror).
+    /// instance called NAME (e.g. a mirror); `?grpc_status=N` adds `grpc-status: N`
+    /// (and `content-type: application/grpc`) to the answer, as a trailers-only gRPC
+    /// error would carry it.
     Counter {
         /// Address to listen on, e.g. 198.18.1.10:8080.
         #[arg(long)]
@@ -213,6 +215,14 @@ async fn answer(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if let Some(code) = param("grpc_status") {
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", hyper::header::HeaderValue::from(code));
+    }
     Ok(response)
 }
 
