@@ -945,6 +945,9 @@ fn faults_mirrors_and_cors() {
   route: [{destination: {host: solo-a}}]
   mirror: {host: shadow}
   mirrorPercentage: {value: 100}
+- match: [{uri: {prefix: /implicit}}]
+  route: [{destination: {host: solo-a}}]
+  mirror: {host: shadow}
 - match: [{uri: {prefix: /half}}]
   route: [{destination: {host: solo-a}}]
   mirrors:
@@ -1107,6 +1110,14 @@ fn faults_mirrors_and_cors() {
             && shadow
                 .iter()
                 .any(|l| l.contains("/all/post") && l.contains(" body=10 ")),
+        format!("{lines:?}"),
+    );
+    // `mirror` without `mirrorPercentage` mirrors every request (Istio's default).
+    let r = gw.request(mirror_host, "/implicit/x", &[]).unwrap();
+    let lines = gw.wait_hits("/implicit/x", 2, Duration::from_secs(5));
+    check(
+        "mirror without mirrorPercentage",
+        r.status == 200 && lines.iter().any(|l| l.starts_with("counter counter-m: ")),
         format!("{lines:?}"),
     );
     // mirrors[] 50 % over 200 requests; mirrorPercentage 0 mirrors nothing.
@@ -1414,6 +1425,26 @@ fn check_names_the_invalid_http_fields() {
 - match: [{uri: {prefix: /e}}]
   fault: {abort: {httpStatus: 500, percentage: {value: 150}}}
   route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /f}}]
+  rewrite: {uriRegexRewrite: {match: "/(unclosed", rewrite: /y}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /g}}]
+  route:
+  - {destination: {host: counter}, weight: -10}
+  - {destination: {host: counter}, weight: 110}
+- match: [{uri: {prefix: /h}}]
+  corsPolicy: {allowOrigins: [{exact: "https://a.example"}], unmatchedPreflights: SOMETIMES}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /i}}]
+  directResponse: {status: 700}
+- match: [{uri: {prefix: /j}}]
+  retries: {attempts: 2, perTryTimeout: soon}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /k}}]
+  fault: {abort: {grpcStatus: NOT_A_STATUS, percentage: {value: 10}}}
+  route: [{destination: {host: counter}}]
+- match: [{uri: {prefix: /l}}]
+  redirect: {uri: /x, port: 8443, derivePort: FROM_REQUEST_PORT}
 "#,
     );
     let dir = ConfigDir::temp().unwrap();
@@ -1431,6 +1462,13 @@ fn check_names_the_invalid_http_fields() {
         "spec.http[2].redirect.redirectCode",
         "spec.http[3].rewrite",
         "spec.http[4].fault.abort.percentage",
+        "spec.http[5].rewrite.uriRegexRewrite.match",
+        "spec.http[6].route[0].weight",
+        "spec.http[7].corsPolicy.unmatchedPreflights",
+        "spec.http[8].directResponse.status",
+        "spec.http[9].retries.perTryTimeout",
+        "spec.http[10].fault.abort.grpcStatus",
+        "spec.http[11].redirect.derivePort",
     ] {
         let line = text.lines().find(|l| l.contains(field));
         assert!(
