@@ -1472,10 +1472,36 @@ fn check_names_the_invalid_http_fields() {
     ] {
         let line = text.lines().find(|l| l.contains(field));
         assert!(
-            line.is_some_and(
-                |l| l.contains("broken-virtualservice.yaml") && l.contains("default/broken")
-            ),
+            line.is_some_and(|l| l.starts_with("error:")
+                && l.contains("broken-virtualservice.yaml")
+                && l.contains("default/broken")),
             "no error naming the file, the resource and {field}:\n{text}"
+        );
+    }
+
+    // A fault without a percentage is valid but injects nothing: a warning, exit 0.
+    let vs = http_virtual_service(
+        "no-percentage",
+        &["np.lab.example.com"],
+        "- {fault: {abort: {httpStatus: 500}, delay: {fixedDelay: 1s}}, route: [{destination: {host: counter}}]}\n",
+    );
+    let dir = ConfigDir::temp().unwrap();
+    dir.write("np.yaml", &vs).unwrap();
+    let out = ingressd_cli(&["check", "--config", &dir.path().to_string_lossy()]).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for field in [
+        "spec.http[0].fault.abort.percentage",
+        "spec.http[0].fault.delay.percentage",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("warning:") && l.contains(field)),
+            "no warning about {field}:\n{text}"
         );
     }
 }
