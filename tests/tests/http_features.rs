@@ -1373,6 +1373,53 @@ fn upstream_requests_carry_the_attempt_count() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// With one destination, Istio writes the route's authority (`rewrite.authority`, or
+/// `host` in the route's `headers.request.set`) as the route's `host_rewrite_literal`
+/// and lets a destination's `host` set apply only when the route has none
+/// (`processDestination` in istio/pilot's route.go): the route's authority wins.
+#[test]
+fn route_authority_beats_the_destination_host_set() {
+    if !require_root("route_authority_beats_the_destination_host_set") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "authority",
+        &["authority.lab.example.com"],
+        r#"
+- match: [{uri: {prefix: /rewrite}}]
+  rewrite: {authority: route-rewrite.example.com}
+  route:
+  - destination: {host: solo-a}
+    headers: {request: {set: {host: destination.example.com}}}
+- match: [{uri: {prefix: /set}}]
+  headers: {request: {set: {host: route-set.example.com}}}
+  route:
+  - destination: {host: solo-a}
+    headers: {request: {set: {host: destination.example.com}}}
+- route:
+  - destination: {host: solo-a}
+    headers: {request: {set: {host: destination.example.com}}}
+"#,
+    );
+    let gw = FeatureGateway::start(&[file("authority", vs)], &[]).unwrap();
+    let mut failures = Vec::new();
+    for (path, want) in [
+        ("/rewrite", "route-rewrite.example.com"),
+        ("/set", "route-set.example.com"),
+        ("/other", "destination.example.com"),
+    ] {
+        let r = gw.request("authority.lab.example.com", path, &[]).unwrap();
+        let json = r.json().unwrap();
+        if json["host"] != want {
+            failures.push(format!(
+                "{path}: want Host {want} at the backend, got {}",
+                json["host"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A fault with both a delay and an abort applies both, and the access log says so
 /// with both flags, in Envoy's order: `DI,FI`.
 #[test]
