@@ -1027,8 +1027,13 @@ fn convert_virtual_service(
     let namespace = object.namespace();
     let mut hosts = Vec::new();
     let raw_hosts = spec.hosts.as_deref().unwrap_or_default();
-    if raw_hosts.is_empty() && spec.http.is_some() {
-        ctx.error("spec.hosts", "a VirtualService needs at least one host");
+    // No hosts: a delegate (Istio's `delegate`), which must not bind to
+    // gateways itself.
+    if raw_hosts.is_empty() && spec.gateways.as_ref().is_some_and(|g| !g.is_empty()) {
+        ctx.error(
+            "spec.hosts",
+            "a VirtualService bound to gateways needs at least one host (only delegates have none)",
+        );
     }
     for (i, raw) in raw_hosts.iter().enumerate() {
         if raw.contains('/') {

@@ -29,7 +29,7 @@ use crate::stats::DestinationLabels;
 
 use super::http::{
     Finisher, ProxyBody, RequestBody, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_SERVICE_TIME,
-    prepare_upstream, rewrite_path, strip_hop_by_hop,
+    grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
 };
 use super::upstream::{ClusterState, HttpClient, Pick, TryOutcome, choose_weighted, random_u64};
 use super::{Context, ProxyError};
@@ -584,11 +584,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// `grpc-status` of a trailers-only gRPC answer.
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The time one try may take: the per-try timeout, cut to what is left of

@@ -122,6 +122,11 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(finisher) = &mut this.finisher
+                    && finisher.request_protocol == "grpc"
+                {
+                    finisher.grpc_status = grpc_status(trailers).or(finisher.grpc_status);
                 }
             }
             Poll::Ready(None) => this.finish(),
@@ -168,6 +173,8 @@ pub struct Finisher {
     pub(super) endpoint: Option<Arc<EndpointStats>>,
     /// A `tcp.maxConnections` slot, released when the request finishes.
     pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// `grpc-status` of a gRPC answer, from its headers or trailers.
+    grpc_status: Option<u32>,
 }
 
 impl Finisher {
@@ -216,6 +223,7 @@ impl Finisher {
             status,
             flags: self.record.flags,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
+            grpc_status: self.grpc_status,
         });
         self.ctx.access_log.write(&self.record);
     }
@@ -300,6 +308,7 @@ pub async fn serve(
         cluster: None,
         endpoint: None,
         permit: None,
+        grpc_status: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
@@ -322,6 +331,9 @@ pub async fn serve(
         }
     };
     finisher.record.status = response.status().as_u16();
+    if request_protocol == "grpc" {
+        finisher.grpc_status = grpc_status(response.headers());
+    }
     Ok(response.map(|inner| ResponseBody {
         inner,
         sent: 0,
@@ -685,6 +697,17 @@ pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Proxy
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
+}
+
+/// `grpc-status` as a number (a trailers-only answer has it in its headers).
+pub(super) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A local reply to a gRPC request, as Envoy sends it: HTTP 200,
