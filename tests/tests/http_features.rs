@@ -1255,7 +1255,133 @@ fn faults_mirrors_and_cors() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-// The three tests below each check one detail where Istio's gateway (Envoy) and
+/// The root VirtualService of the delegate tests (in `default`) and its delegate
+/// `team/team-routes` (no hosts, no gateways), as Istio's delegation example has them.
+fn delegate_files() -> Vec<(String, String)> {
+    let root = http_virtual_service(
+        "root",
+        &["delegate.lab.example.com"],
+        r#"
+- name: team
+  match: [{uri: {prefix: /team}}]
+  timeout: 300ms
+  headers: {response: {set: {x-from-root: "yes"}}}
+  delegate: {name: team-routes, namespace: team}
+- name: fallback
+  directResponse: {status: 404, body: {string: root-fallback}}
+"#,
+    );
+    let delegate = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: team-routes
+  namespace: team
+spec:
+  http:
+  - name: users
+    match: [{uri: {prefix: /team/users}, headers: {x-user: {exact: jason}}}]
+    route: [{destination: {host: solo-b.default.svc.cluster.local}}]
+  # Not inside the root's /team: left out, as Istio does.
+  - name: outside
+    match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: solo-b.default.svc.cluster.local}}]
+  - name: own-headers
+    match: [{uri: {prefix: /team/own}}]
+    headers: {response: {set: {x-from-delegate: "yes"}}}
+    route: [{destination: {host: solo-a.default.svc.cluster.local}}]
+  - name: rest
+    route: [{destination: {host: solo-a.default.svc.cluster.local}}]
+"#;
+    vec![file("root", root), file("delegate", delegate.to_owned())]
+}
+
+/// `delegate`: the delegate's routes take the root route's place, each match merged
+/// with the root's (the root's uri prefix and the delegate's header together), and a
+/// delegate route outside the root's match is left out.
+#[test]
+fn delegate_routes_merge_into_the_root() {
+    if !require_root("delegate_routes_merge_into_the_root") {
+        return;
+    }
+    let gw = FeatureGateway::start(&delegate_files(), &[]).unwrap();
+    let host = "delegate.lab.example.com";
+    let mut failures = Vec::new();
+    // (path, request headers, status, instance that answers or the body)
+    let cases: [(&str, &[&str], u16, &str); 5] = [
+        ("/team/users", &["x-user: jason"], 200, "counter-b"),
+        ("/team/users", &[], 200, "counter-a"),
+        ("/team/anything", &[], 200, "counter-a"),
+        ("/other", &[], 404, "root-fallback"),
+        ("/elsewhere", &["x-user: jason"], 404, "root-fallback"),
+    ];
+    for (path, headers, status, want) in cases {
+        let mut args = Vec::new();
+        for h in headers {
+            args.extend(["-H", *h]);
+        }
+        let r = gw.request(host, path, &args).unwrap();
+        let got = r
+            .json()
+            .ok()
+            .and_then(|j| j["instance"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| r.body.clone());
+        if r.status != status || got != want {
+            failures.push(format!(
+                "{path} {headers:?}: want {status} {want}, got {} {got}",
+                r.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Istio's `mergeHTTPRoute`: a delegate route that leaves `timeout`, `headers`,
+/// `retries`, `fault`, `rewrite`, `mirror` or `corsPolicy` unset takes the root
+/// route's, and the merged route is named `<root name>-<delegate route name>`.
+#[test]
+fn delegate_inherits_the_root_route_policies() {
+    if !require_root("delegate_inherits_the_root_route_policies") {
+        return;
+    }
+    let gw = FeatureGateway::start(&delegate_files(), &[]).unwrap();
+    let host = "delegate.lab.example.com";
+    let mut failures = Vec::new();
+    // The root's response header, unless the delegate route sets headers itself.
+    for (path, root_header, own_header) in [
+        ("/team/anything", Some("yes"), None),
+        ("/team/own", None, Some("yes")),
+    ] {
+        let r = gw.request(host, path, &[]).unwrap();
+        if r.header("x-from-root") != root_header || r.header("x-from-delegate") != own_header {
+            failures.push(format!(
+                "{path}: want x-from-root {root_header:?}, x-from-delegate {own_header:?}; got {:?}",
+                r.headers
+            ));
+        }
+    }
+    // The root's timeout (300 ms) against an answer that takes 2 s.
+    let path = "/team/slow?delay_on=counter-a&ms=2000";
+    let r = gw.request(host, path, &[]).unwrap();
+    if r.status != 504 {
+        failures.push(format!(
+            "{path}: want 504 after the root's 300ms timeout, got {}",
+            r.status
+        ));
+    }
+    // The merged route's name.
+    let path = "/team/users/named";
+    gw.request(host, path, &["-H", "x-user: jason"]).unwrap();
+    let entry = gw.access_entry(path).unwrap();
+    if entry.route_name != "team-users" {
+        failures.push(format!(
+            "{path}: want route_name team-users, got {:?}",
+            entry.route_name
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// The tests below each check one detail where Istio's gateway (Envoy) and
 // ingressd may part ways; each has a gateway of its own so that it passes or fails alone.
 
 /// `derivePort: FROM_REQUEST_PORT` at a gateway: Istio writes the port of the Gateway
