@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::access_log::{AccessEntry, parse_all};
-use crate::config::{ConfigDir, SeedConfig, service_with_endpoints};
+use crate::config::{ConfigDir, SeedConfig, self_signed_cert, service_with_endpoints};
 use crate::daemon::ADMIN_ADDR;
 use crate::fixture::{COUNTER_PORT, sock};
 use crate::http::HttpResponse;
@@ -117,6 +117,12 @@ impl FeatureGateway {
     /// plus [`backend_resources`] and `files`, and starts `ingressd run --kernel off
     /// <extra...>`, waiting until it is ready.
     pub fn start(files: &[(String, String)], extra: &[&str]) -> Result<Self> {
+        Self::start_with(files, extra, false)
+    }
+
+    /// [`FeatureGateway::start`], with the seed's HTTPS server on port 443 (target
+    /// port 8443, a self-signed certificate for `*.lab.example.com`) when `https`.
+    pub fn start_with(files: &[(String, String)], extra: &[&str], https: bool) -> Result<Self> {
         let topo = Topology::builder()
             .pod_addrs(BACKENDS.iter().map(|(_, addr, _)| *addr))
             .build()?;
@@ -125,11 +131,16 @@ impl FeatureGateway {
             .map(|(name, addr, _)| topo.start_counter(sock(*addr, COUNTER_PORT), name))
             .collect::<Result<Vec<_>>>()?;
         let config = ConfigDir::temp()?;
+        let tls_files = if https {
+            Some(self_signed_cert(&config.path().join("certs"))?)
+        } else {
+            None
+        };
         let seed = SeedConfig {
             counter_backends: Vec::new(),
             counter_port: COUNTER_PORT,
             mysql_backends: Vec::new(),
-            tls_files: None,
+            tls_files,
         };
         // The seed's Gateway and gateway Service; its counter VirtualService and
         // Service are replaced by the feature resources.
@@ -174,6 +185,20 @@ impl FeatureGateway {
             .curl(Ns::Client, &all)?
             .ok()
             .with_context(|| format!("{host}{path}"))
+    }
+
+    /// `curl -k https://<host>:8443<path>` from the client namespace, `host` resolved
+    /// to the node (the gateway must have been started with HTTPS).
+    pub fn request_https(&self, host: &str, path: &str, args: &[&str]) -> Result<HttpResponse> {
+        let resolve = format!("{host}:8443:{}", crate::topology::NODE_ADDR);
+        let url = format!("https://{host}:8443{path}");
+        let mut all = vec!["-k", "--resolve", resolve.as_str()];
+        all.extend_from_slice(args);
+        all.push(&url);
+        self.topo
+            .curl(Ns::Client, &all)?
+            .ok()
+            .with_context(|| format!("https {host}{path}"))
     }
 
     /// Requests each backend logged whose path contains `marker`, by backend name

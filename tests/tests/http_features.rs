@@ -71,7 +71,7 @@ fn match_conditions_pick_the_first_matching_route() {
         return;
     }
     let vs = http_virtual_service("matches", &[MATCH_HOST, ALT_MATCH_HOST], MATCH_ROUTES);
-    let gw = FeatureGateway::start(&[file("matches", vs)], &[]).unwrap();
+    let gw = FeatureGateway::start_with(&[file("matches", vs)], &[], true).unwrap();
     #[rustfmt::skip]
     let cases: &[MatchCase] = &[
         (MATCH_HOST, "GET", "/exact", &[], 8080, "exact"),
@@ -149,6 +149,35 @@ fn match_conditions_pick_the_first_matching_route() {
             failures.push(format!(
                 "{path}: access log names route {:?} (status {}), want {want}",
                 entry.route_name, entry.status
+            ));
+        }
+    }
+    // Over the HTTPS server (Gateway port 443): `scheme` is https and `port` is 443.
+    for (path, want) in [
+        ("/scheme", "scheme-https"),
+        ("/port", "port-443"),
+        ("/exact", "exact"),
+    ] {
+        let r = gw.request_https(MATCH_HOST, path, &[]).unwrap();
+        if r.status != 200 || r.body != want {
+            failures.push(format!(
+                "https {MATCH_HOST}{path}: want {want}, got {} {:?}",
+                r.status, r.body
+            ));
+        }
+    }
+    // HTTP/2 (h2c, prior knowledge) routes by `:authority` and headers alike.
+    for (path, header, want) in [
+        ("/exact", "x-none: 1", "exact"),
+        ("/x", "x-user: jason", "hdr-exact"),
+    ] {
+        let r = gw
+            .request(MATCH_HOST, path, &["--http2-prior-knowledge", "-H", header])
+            .unwrap();
+        if r.status != 200 || r.body != want {
+            failures.push(format!(
+                "h2c {MATCH_HOST}{path} {header}: want {want}, got {} {:?}",
+                r.status, r.body
             ));
         }
     }
