@@ -3,9 +3,11 @@
 //!
 //! Every wait and loop here is bounded in count and time.
 
+pub mod access_log;
 pub mod bins;
 pub mod config;
 pub mod daemon;
+pub mod features;
 pub mod fixture;
 pub mod http;
 pub mod kernel;
