@@ -667,9 +667,13 @@ impl SClient {
         Some((protocol.trim().to_owned(), cipher.trim().to_owned()))
     }
 
-    /// Whether the handshake completed.
+    /// Whether the handshake completed and s_client ended normally.
+    ///
+    /// The `New, ...` line alone does not say so: in TLS 1.2 the client has its
+    /// cipher once it sent its Finished, and prints it even when the server then
+    /// answers with an alert (e.g. a missing client certificate); s_client exits 1 then.
     pub fn handshake_ok(&self) -> bool {
-        self.negotiated().is_some()
+        self.exit_code == Some(0) && self.negotiated().is_some()
     }
 
     /// The negotiated protocol version (`TLSv1.3`).
