@@ -850,9 +850,11 @@ impl Topology {
         let linger = format!("{:.3}", linger.as_secs_f64());
         let script = r#"input=$1; linger=$2; shift 2; { cat "$input"; sleep "$linger"; } | exec openssl s_client "$@""#;
         let mut cmd = self.exec_command(Ns::Client, "sh", ["-c", script, "sh"]);
+        // -nocommands: else a chunk of input that starts with Q, R, k or K is taken
+        // as a command (quit, renegotiate, key update) instead of being sent.
         cmd.arg(&input_file)
             .arg(&linger)
-            .args(["-connect", &connect])
+            .args(["-connect", &connect, "-nocommands"])
             .args(args);
         let out = run_bounded(&mut cmd, CLIENT_TIMEOUT)?;
         Ok(SClient {

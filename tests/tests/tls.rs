@@ -197,6 +197,22 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
         .unwrap();
     assert!(r.ok(), "{r:?}");
     assert_eq!((r.status, r.http_version.as_str()), (200, "2"), "{r:?}");
+    // A request body streams through h2 over TLS to the HTTP/1.1 backend.
+    let body_file = certs.path().join("body.bin");
+    std::fs::write(&body_file, vec![b'x'; 300_000]).unwrap();
+    let mut post = h2.clone();
+    post.extend([
+        "--data-binary".to_owned(),
+        format!("@{}", body_file.display()),
+    ]);
+    let r = gw
+        .topo
+        .curl_https(COUNTER_HOST, 8443, "/upload", &args(&post))
+        .unwrap();
+    assert_eq!((r.status, r.http_version.as_str()), (200, "2"), "{r:?}");
+    let json = r.json().unwrap();
+    assert_eq!(json["method"], "POST", "{json}");
+    assert_eq!(json["body_bytes"], 300_000, "{json}");
     let mut h1 = ca_args.clone();
     h1.push("--http1.1".to_owned());
     let r = gw
@@ -543,7 +559,8 @@ struct ClientPki {
     good: (PathBuf, PathBuf),
     /// `CN=other.example.com`, SAN other.example.com, from `client_ca`.
     other_san: (PathBuf, PathBuf),
-    /// `CN=client.example.com` from a CA the gateway does not trust.
+    /// `CN=client.example.com` from a CA the gateway does not trust (written to
+    /// `foreign-ca.pem`).
     foreign: (PathBuf, PathBuf),
     server_ca_file: PathBuf,
 }
@@ -571,6 +588,7 @@ impl ClientPki {
             )?
             .write(dir, "client-foreign", KeyFormat::Pkcs8)?;
         let server_ca_file = server_ca.write(dir, "server-ca.pem")?;
+        foreign_ca.write(dir, "foreign-ca.pem")?;
         Ok(Self {
             server_ca,
             client_ca,
@@ -828,6 +846,96 @@ fn optional_mutual_from_generic_secret_and_mutual_from_tls_secret_with_ca_by_sni
         .curl_https("mtls.example.com", 8443, "/", &args(&pki.curl_args(None)))
         .unwrap();
     must_fail(&r, "MUTUAL without a client certificate");
+
+    // Each server routes only its own hosts: a request on the OPTIONAL_MUTUAL
+    // connection (SNI opt.example.com, no certificate) naming the MUTUAL host in
+    // Host must not reach that host's routes (Istio: one route configuration per
+    // server; Envoy answers 404). Anything else would bypass the client certificate.
+    for version in ["--http1.1", "--http2"] {
+        let mut a = pki.curl_args(None);
+        a.extend([
+            version.to_owned(),
+            "-H".to_owned(),
+            "Host: mtls.example.com".to_owned(),
+        ]);
+        let r = gw
+            .topo
+            .curl_https("opt.example.com", 8443, "/", &args(&a))
+            .unwrap();
+        let reached = r.json().is_ok_and(|j| j["app"] == "counter");
+        assert!(
+            !reached && (r.status == 404 || r.status == 421),
+            "{version}: SNI opt.example.com with Host mtls.example.com and no client \
+             certificate must not reach mtls.example.com's routes: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn client_ca_rotation_applies_to_new_handshakes() {
+    if !require_root("client_ca_rotation_applies_to_new_handshakes") {
+        return;
+    }
+    let certs = certs_dir();
+    let pki = ClientPki::new(certs.path()).unwrap();
+    let leaf = pki
+        .server_ca
+        .server_cert(&[COUNTER_HOST], KeyAlg::EcdsaP256)
+        .unwrap();
+    let (cert, key) = leaf
+        .write(certs.path(), "server", KeyFormat::Pkcs8)
+        .unwrap();
+    let client_ca = pki.client_ca.write(certs.path(), "client-ca.pem").unwrap();
+    let tls = vec![
+        ("mode", "MUTUAL".to_owned()),
+        ("serverCertificate", path_str(&cert)),
+        ("privateKey", path_str(&key)),
+        ("caCertificates", path_str(&client_ca)),
+    ];
+    let files = vec![
+        gateway_file(&[https_server(443, "https", "HTTPS", &[COUNTER_HOST], &tls)]),
+        (
+            "counter-virtualservice.yaml".to_owned(),
+            counter_virtual_service(),
+        ),
+    ];
+    let gw = TlsGateway::start(&files, &[]).unwrap();
+    let good = pki.curl_args(Some(&pki.good));
+    let foreign = pki.curl_args(Some(&pki.foreign));
+    must_reach_counter(&gw.topo, COUNTER_HOST, 8443, "/", &args(&good));
+    let r = gw
+        .topo
+        .curl_https(COUNTER_HOST, 8443, "/", &args(&foreign))
+        .unwrap();
+    must_fail(&r, "a client from the CA not trusted yet");
+
+    // Trust the other CA instead (the foreign client's); the file is renamed over.
+    let foreign_ca_pem = std::fs::read_to_string(certs.path().join("foreign-ca.pem")).unwrap();
+    rename_over(&client_ca, &foreign_ca_pem).unwrap();
+    let start = Instant::now();
+    loop {
+        let r = gw
+            .topo
+            .curl_https(COUNTER_HOST, 8443, "/", &args(&foreign))
+            .unwrap();
+        if r.ok() && r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < ROTATE_TIMEOUT,
+            "the new client CA was not trusted within {ROTATE_TIMEOUT:?}: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "new client CA trusted {:?} after the change",
+        start.elapsed()
+    );
+    let r = gw
+        .topo
+        .curl_https(COUNTER_HOST, 8443, "/", &args(&good))
+        .unwrap();
+    must_fail(&r, "a client from the CA no longer trusted");
 }
 
 // ---------------------------------------------------------------------------
@@ -996,6 +1104,27 @@ fn tls_terminated_tcp_reaches_the_echo_backend() {
         // A TLS server carries raw TCP: no ALPN.
         assert_eq!(s.alpn(), None, "{}", s.report());
     }
+
+    // 200 KB through the TLS termination and back.
+    let lines = 4000;
+    let payload: String = (0..lines)
+        .map(|i| format!("echo-line {i:05} abcdefghijklmnopqrstuvwxyz0123456789\n"))
+        .collect();
+    let s = gw
+        .topo
+        .s_client(
+            8443,
+            &["-servername", "echo.example.com"],
+            &payload,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let echoed = s
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("echo-line "))
+        .count();
+    assert_eq!(echoed, lines, "lines echoed of {lines}\n{}", s.stderr);
 }
 
 // ---------------------------------------------------------------------------
