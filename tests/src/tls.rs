@@ -103,6 +103,27 @@ impl Ca {
         })
     }
 
+    /// An intermediate CA with common name `cn`, signed by this one.
+    pub fn intermediate(&self, cn: &str, alg: KeyAlg) -> Result<Self> {
+        let key = alg.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .with_context(|| format!("signing intermediate CA {cn}"))?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
     /// The CA certificate, PEM.
     pub fn pem(&self) -> &str {
         &self.cert_pem

@@ -3,6 +3,7 @@
 //! the node namespace, counters, a TCP echo and `openssl s_server` in the pods namespace.
 //! Certificates are made per test with rcgen (`ingressd_tests::tls`).
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use ingressd_tests::tls::{
     SniRoute, TlsGateway, cacert_secret, gateway, generic_secret, passthrough_virtual_service,
     rename_over, server, tcp_virtual_service, tls_secret,
 };
-use ingressd_tests::{ConfigDir, Ns, Topology, ingressd_cli, node_url, require_root};
+use ingressd_tests::{ConfigDir, Ns, Topology, ingressd_cli, node, node_url, require_root};
 
 /// How long a certificate change may take to reach new handshakes (the contract says
 /// about 2 s; the file watcher and a reload fit in that).
@@ -391,6 +392,12 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
         .curl_https("www.example.org", 8443, "/", &args(&ca_args))
         .unwrap();
     must_fail(&r, "curl to an unknown name");
+    // No SNI at all: no server here takes it (none has host `*`).
+    let s = gw
+        .topo
+        .s_client(8443, &["-noservername"], "", Duration::ZERO)
+        .unwrap();
+    assert_refused(&s, "no SNI without a `*` server");
 }
 
 #[test]
@@ -936,6 +943,29 @@ fn client_ca_rotation_applies_to_new_handshakes() {
         .curl_https(COUNTER_HOST, 8443, "/", &args(&good))
         .unwrap();
     must_fail(&r, "a client from the CA no longer trusted");
+
+    // A bundle of both CAs trusts both clients.
+    rename_over(
+        &client_ca,
+        &format!("{}{foreign_ca_pem}", pki.client_ca.pem()),
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let r = gw
+            .topo
+            .curl_https(COUNTER_HOST, 8443, "/", &args(&good))
+            .unwrap();
+        if r.ok() && r.status == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < ROTATE_TIMEOUT,
+            "the CA bundle was not trusted within {ROTATE_TIMEOUT:?}: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    must_reach_counter(&gw.topo, COUNTER_HOST, 8443, "/", &args(&foreign));
 }
 
 // ---------------------------------------------------------------------------
@@ -1014,7 +1044,7 @@ fn passthrough_routes_by_sni_and_the_client_sees_the_backends_certificate() {
             ),
         ),
     ];
-    let gw = TlsGateway::start(&files, &[]).unwrap();
+    let gw = TlsGateway::start(&files, &["--access-log-format", "json"]).unwrap();
     let _a = gw
         .topo
         .start_s_server(sock(PASS_A, PASS_PORT), &a_crt, &a_key, "s-server-a")
@@ -1025,7 +1055,8 @@ fn passthrough_routes_by_sni_and_the_client_sees_the_backends_certificate() {
         .unwrap();
 
     let ca_args = trust(&backend_ca_file);
-    for port in [8443, 9443] {
+    // The targetPorts and the nodePorts (30443 for 443, 31443 for 9443).
+    for port in [8443, 9443, 30443, 31443] {
         for (sni, leaf, backend) in [
             ("a.pass.example.com", &leaf_a, PASS_A),
             ("b.pass.example.com", &leaf_b, PASS_B),
@@ -1045,6 +1076,27 @@ fn passthrough_routes_by_sni_and_the_client_sees_the_backends_certificate() {
         // No route for this name: nothing to pass it to.
         let s = s_client(&gw.topo, port, "www.example.org", &[]);
         assert_refused(&s, &format!("port {port}, SNI without a route"));
+    }
+
+    // One access-log record per passed-through connection, with the SNI and the
+    // backend it went to.
+    for (sni, backend) in [
+        ("a.pass.example.com", PASS_A),
+        ("b.pass.example.com", PASS_B),
+    ] {
+        let upstream = format!("{backend}:{PASS_PORT}");
+        let record = |out: &str| {
+            out.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|j| j["requested_server_name"] == sni)
+        };
+        gw.daemon
+            .wait_for_output(Duration::from_secs(5), "a passthrough record", |out, _| {
+                record(out).is_some()
+            })
+            .unwrap();
+        let r = record(&gw.daemon.stdout()).unwrap();
+        assert_eq!(r["upstream_host"], upstream.as_str(), "{r}");
     }
 }
 
@@ -1125,6 +1177,170 @@ fn tls_terminated_tcp_reaches_the_echo_backend() {
         .filter(|l| l.starts_with("echo-line "))
         .count();
     assert_eq!(echoed, lines, "lines echoed of {lines}\n{}", s.stderr);
+}
+
+#[test]
+fn server_certificate_file_with_an_intermediate_sends_the_chain() {
+    if !require_root("server_certificate_file_with_an_intermediate_sends_the_chain") {
+        return;
+    }
+    let certs = certs_dir();
+    let root = Ca::new("ingressd root CA", KeyAlg::Rsa2048).unwrap();
+    let root_file = root.write(certs.path(), "root.pem").unwrap();
+    let intermediate = root
+        .intermediate("ingressd intermediate CA", KeyAlg::EcdsaP256)
+        .unwrap();
+    let leaf = intermediate
+        .server_cert(&[COUNTER_HOST], KeyAlg::EcdsaP256)
+        .unwrap();
+    let (cert, key) = leaf
+        .write(certs.path(), "server", KeyFormat::Pkcs8)
+        .unwrap();
+    // What CAs hand out: the leaf, then the intermediate, in one file.
+    std::fs::write(&cert, format!("{}{}", leaf.cert_pem, intermediate.pem())).unwrap();
+    let gw = TlsGateway::start(&simple_config(&cert, &key), &[]).unwrap();
+
+    // Clients that trust only the root verify the chain the gateway sends.
+    must_reach_counter(&gw.topo, COUNTER_HOST, 8443, "/", &args(&trust(&root_file)));
+    let root_path = path_str(&root_file);
+    let s = s_client(&gw.topo, 8443, COUNTER_HOST, &["-CAfile", &root_path]);
+    assert_presented(&s, &leaf, "leaf with intermediate");
+    assert!(
+        s.stdout.contains(" 1 s:CN = ingressd intermediate CA"),
+        "the intermediate is not in the chain\n{}",
+        s.report()
+    );
+    assert!(
+        s.stdout.contains("Verify return code: 0 (ok)"),
+        "{}",
+        s.report()
+    );
+}
+
+#[test]
+fn stalled_and_plaintext_clients_do_not_hold_up_handshakes() {
+    if !require_root("stalled_and_plaintext_clients_do_not_hold_up_handshakes") {
+        return;
+    }
+    let certs = certs_dir();
+    let ca = Ca::new("ingressd test CA", KeyAlg::EcdsaP256).unwrap();
+    let ca_file = ca.write(certs.path(), "ca.pem").unwrap();
+    let leaf = ca.server_cert(&[COUNTER_HOST], KeyAlg::EcdsaP256).unwrap();
+    let (cert, key) = leaf
+        .write(certs.path(), "server", KeyFormat::Pkcs8)
+        .unwrap();
+    let gw = TlsGateway::start(&simple_config(&cert, &key), &[]).unwrap();
+
+    // Connections that never finish a ClientHello: silent ones, and ones that stop
+    // inside the first TLS record (header says 512 bytes, 4 are sent).
+    let mut stalled = Vec::new();
+    for i in 0..16 {
+        let mut stream = gw
+            .topo
+            .connect(Ns::Client, node(8443), Duration::from_secs(5))
+            .unwrap();
+        if i % 2 == 1 {
+            stream
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+                .unwrap();
+        }
+        stalled.push(stream);
+    }
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = gw
+        .topo
+        .connect(Ns::Client, node(8443), Duration::from_secs(5))
+        .unwrap();
+    plain
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {COUNTER_HOST}\r\n\r\n").as_bytes())
+        .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP on the TLS port was answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Meanwhile, real clients are served at once.
+    let start = Instant::now();
+    for i in 0..10 {
+        must_reach_counter(
+            &gw.topo,
+            COUNTER_HOST,
+            8443,
+            &format!("/while-stalled/{i}"),
+            &args(&trust(&ca_file)),
+        );
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "10 requests took {took:?} with stalled handshakes open"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn broken_secret_keeps_the_old_certificate() {
+    if !require_root("broken_secret_keeps_the_old_certificate") {
+        return;
+    }
+    let certs = certs_dir();
+    let rot = Rotation::new(certs.path()).unwrap();
+    let key = rot.old.key_pem(KeyFormat::Pkcs8).unwrap();
+    let files = vec![
+        gateway_file(&[server(
+            443,
+            "https",
+            "HTTPS",
+            &[COUNTER_HOST],
+            Some(&[("mode", "SIMPLE"), ("credentialName", "counter-cred")]),
+        )]),
+        (
+            "counter-virtualservice.yaml".to_owned(),
+            counter_virtual_service(),
+        ),
+        (
+            "secret.yaml".to_owned(),
+            tls_secret("counter-cred", &rot.old.cert_pem, &key, None),
+        ),
+    ];
+    let gw = TlsGateway::start(&files, &[]).unwrap();
+    let ca = path_str(&rot.ca_file);
+    let log_before = gw.daemon.stderr().lines().count();
+    // Garbage certificate, then a certificate that does not match the key.
+    for (what, cert) in [
+        ("garbage", "not a certificate\n"),
+        ("a certificate for another key", rot.new.cert_pem.as_str()),
+    ] {
+        gw.config
+            .write("secret.yaml", &tls_secret("counter-cred", cert, &key, None))
+            .unwrap();
+        std::thread::sleep(SETTLE);
+        let s = s_client(&gw.topo, 8443, COUNTER_HOST, &[]);
+        assert_presented(&s, &rot.old, &format!("after a Secret with {what}"));
+        must_reach_counter(&gw.topo, COUNTER_HOST, 8443, "/", &["--cacert", &ca]);
+    }
+    let log = gw.daemon.stderr();
+    assert!(
+        log.lines()
+            .skip(log_before)
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
+        "the broken Secret was not logged:\n{log}"
+    );
+    // A good Secret afterwards is picked up.
+    let new_key = rot.new.key_pem(KeyFormat::Pkcs8).unwrap();
+    gw.config
+        .write(
+            "secret.yaml",
+            &tls_secret("counter-cred", &rot.new.cert_pem, &new_key, None),
+        )
+        .unwrap();
+    wait_for_certificate(&gw.topo, &rot.new, Instant::now());
 }
 
 // ---------------------------------------------------------------------------
