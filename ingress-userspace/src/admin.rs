@@ -173,6 +173,7 @@ impl Admin {
                 clusters_text(&self.ctx.snapshot.load(), &self.ctx),
             ),
             (&Method::GET, "/listeners") => text(StatusCode::OK, self.listeners_text()),
+            (&Method::GET, "/certs") => json(&certs_json(&self.ctx.tls.report())),
             (&Method::GET, "/server_info") => json(&self.server_info()),
             (&Method::POST, "/quitquitquit") => {
                 self.quit.notify_one();
@@ -180,7 +181,7 @@ impl Admin {
             }
             (&Method::GET, "/") => text(
                 StatusCode::OK,
-                "admin commands are:\n  /clusters\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
+                "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
             ),
             _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
         }
@@ -188,6 +189,18 @@ impl Admin {
 
     fn stats_text(&self) -> String {
         let mut out = self.ctx.metrics.envoy.render();
+        let now = std::time::SystemTime::now();
+        if let Some(days) = self
+            .ctx
+            .tls
+            .report()
+            .iter()
+            .filter_map(|r| r.certificate.as_ref())
+            .map(|c| c.days_until_expiry(now))
+            .min()
+        {
+            out.push_str(&format!("server.days_until_first_cert_expiring: {days}\n"));
+        }
         let snapshot = self.ctx.snapshot.load();
         let mut lines = Vec::new();
         for (name, cluster) in &snapshot.clusters {
@@ -405,6 +418,44 @@ where
                 .await;
         });
     }
+}
+
+/// `/certs` in Envoy's shape (`certificates[].cert_chain[]`, `ca_cert[]`),
+/// plus which server each entry serves, where it comes from, when it was
+/// loaded and why the latest change was refused, if it was.
+pub fn certs_json(reports: &[crate::tls::store::ContextReport]) -> serde_json::Value {
+    use crate::tls::certs::CertInfo;
+    let now = std::time::SystemTime::now();
+    let time = |secs: i64| {
+        crate::proxy::access_log::format_start_time(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
+        )
+    };
+    let cert = |c: &CertInfo| {
+        serde_json::json!({
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial_number": c.serial,
+            "subject_alt_names": c.subject_alt_names.iter().map(|san| {
+                let (kind, value) = san.split_once(':').unwrap_or(("dns", san));
+                let kind = match kind { "DNS" => "dns", "URI" => "uri", "IP" => "ip_address", _ => "email" };
+                serde_json::json!({ kind: value })
+            }).collect::<Vec<_>>(),
+            "days_until_expiration": c.days_until_expiry(now).to_string(),
+            "valid_from": time(c.not_before),
+            "expiration_time": time(c.not_after),
+        })
+    };
+    serde_json::json!({
+        "certificates": reports.iter().map(|r| serde_json::json!({
+            "server": r.name,
+            "source": r.source,
+            "cert_chain": r.certificate.iter().map(cert).collect::<Vec<_>>(),
+            "ca_cert": r.ca.iter().map(cert).collect::<Vec<_>>(),
+            "loaded_at": r.loaded_at.map(crate::proxy::access_log::format_start_time),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

@@ -485,22 +485,12 @@ impl<'a> Compiler<'a> {
         gateway: &'a Gateway,
         server: &'a Server,
     ) -> Vec<(FilterChain, &'a VirtualService, String)> {
-        let model = self.model;
         let gateway_name = gateway.meta.key();
         let mut out = Vec::new();
-        for vs in model
-            .virtual_services
-            .iter()
-            .filter(|vs| vs.binds_to(&gateway_name))
-        {
-            if matching_hosts(server, vs).is_empty() {
-                continue;
-            }
+        for vs in self.bound_virtual_services(gateway, server) {
             for route in &vs.tls {
                 for m in &route.matches {
-                    if m.port.is_some_and(|p| p != server.port.number)
-                        || (!m.gateways.is_empty() && !m.gateways.contains(&gateway_name))
-                    {
+                    if !m.l4.passes(server.port.number, &gateway_name) {
                         continue;
                     }
                     let mut names: Vec<String> = Vec::new();
@@ -834,25 +824,31 @@ impl<'a> Compiler<'a> {
         Vec::new()
     }
 
+    /// The VirtualServices bound to `gateway` with a host in common with
+    /// `server`, in Istio order.
+    fn bound_virtual_services(
+        &self,
+        gateway: &'a Gateway,
+        server: &'a Server,
+    ) -> impl Iterator<Item = &'a VirtualService> + use<'a> {
+        let gateway_name = gateway.meta.key();
+        self.model
+            .virtual_services
+            .iter()
+            .filter(move |vs| vs.binds_to(&gateway_name) && !matching_hosts(server, vs).is_empty())
+    }
+
     /// The TCP proxy of a TCP server (or a terminating TLS server): the
     /// first `tcp[]` route whose match passes.
     fn tcp_proxy(&mut self, gateway: &'a Gateway, server: &'a Server) -> Option<TcpProxy> {
-        let model = self.model;
         let gateway_name = gateway.meta.key();
-        for vs in model
-            .virtual_services
-            .iter()
-            .filter(|vs| vs.binds_to(&gateway_name))
-        {
-            if matching_hosts(server, vs).is_empty() {
-                continue;
-            }
+        for vs in self.bound_virtual_services(gateway, server) {
             for route in &vs.tcp {
                 let matched = route.matches.is_empty()
-                    || route.matches.iter().any(|m| {
-                        m.port.is_none_or(|p| p == server.port.number)
-                            && (m.gateways.is_empty() || m.gateways.contains(&gateway_name))
-                    });
+                    || route
+                        .matches
+                        .iter()
+                        .any(|m| m.passes(server.port.number, &gateway_name));
                 if !matched {
                     continue;
                 }

@@ -337,8 +337,8 @@ pub struct TlsMatch {
     pub index: usize,
     /// Required, non-empty; each within the VirtualService's hosts.
     pub sni_hosts: Vec<Host>,
-    pub port: Option<u16>,
-    pub gateways: Vec<String>,
+    /// `port` and `gateways`.
+    pub l4: L4Match,
 }
 
 /// A Secret holding TLS material (`credentialName`), data decoded.
@@ -350,11 +350,43 @@ pub struct Secret {
     pub data: BTreeMap<String, Vec<u8>>,
 }
 
-/// `tcp[].match[]`.
+/// `tcp[].match[]` (and the `port`/`gateways` of `tls[].match[]`).
 #[derive(Clone, Debug, Default)]
 pub struct L4Match {
     pub port: Option<u16>,
     pub gateways: Vec<String>,
+}
+
+impl L4Match {
+    /// Whether the match admits the server port `port` of gateway `gateway`.
+    pub fn passes(&self, port: u16, gateway: &str) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && (self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway))
+    }
+}
+
+/// The `port`, `gateways` and `destinationSubnets` of an L4 or TLS match.
+fn convert_l4_match(
+    port: Option<i64>,
+    gateways: Option<&[String]>,
+    has_subnets: bool,
+    field: &str,
+    namespace: &str,
+    ctx: &mut Ctx<'_>,
+) -> L4Match {
+    let port = port.and_then(|p| ctx.port(p, &format!("{field}.port")));
+    let gateways = gateways
+        .unwrap_or_default()
+        .iter()
+        .map(|g| host::resolve_gateway_name(g, namespace))
+        .collect();
+    if has_subnets {
+        ctx.warning(
+            format!("{field}.destinationSubnets"),
+            "not supported at the gateway yet; ignored",
+        );
+    }
+    L4Match { port, gateways }
 }
 
 /// A DestinationRule (the parts the gateway uses so far: subsets).
@@ -986,23 +1018,14 @@ fn convert_virtual_service(
             .enumerate()
         {
             let mfield = format!("{field}.match[{m}]");
-            let port = raw
-                .port
-                .and_then(|p| ctx.port(p, &format!("{mfield}.port")));
-            let gateways = raw
-                .gateways
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| host::resolve_gateway_name(g, namespace))
-                .collect();
-            if raw.destination_subnets.is_some() {
-                ctx.warning(
-                    format!("{mfield}.destinationSubnets"),
-                    "not supported at the gateway yet; ignored",
-                );
-            }
-            matches.push(L4Match { port, gateways });
+            matches.push(convert_l4_match(
+                raw.port,
+                raw.gateways.as_deref(),
+                raw.destination_subnets.is_some(),
+                &mfield,
+                namespace,
+                ctx,
+            ));
         }
         let destinations = convert_destinations(
             route
@@ -1060,27 +1083,18 @@ fn convert_virtual_service(
                 }
                 sni_hosts.push(sni_host);
             }
-            let port = raw
-                .port
-                .and_then(|p| ctx.port(p, &format!("{mfield}.port")));
-            let gateways = raw
-                .gateways
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| host::resolve_gateway_name(g, namespace))
-                .collect();
-            if raw.destination_subnets.is_some() {
-                ctx.warning(
-                    format!("{mfield}.destinationSubnets"),
-                    "not supported at the gateway yet; ignored",
-                );
-            }
+            let l4 = convert_l4_match(
+                raw.port,
+                raw.gateways.as_deref(),
+                raw.destination_subnets.is_some(),
+                &mfield,
+                namespace,
+                ctx,
+            );
             matches.push(TlsMatch {
                 index: m,
                 sni_hosts,
-                port,
-                gateways,
+                l4,
             });
         }
         let destinations = convert_destinations(

@@ -518,3 +518,58 @@ pub struct Endpoint {
     /// The Pod or the EndpointSlice target, for display.
     pub target: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(name: &str, server_names: &[&str]) -> FilterChain {
+        FilterChain {
+            name: name.to_owned(),
+            server_names: server_names.iter().map(|s| (*s).to_owned()).collect(),
+            action: ChainAction::Passthrough(TcpProxy {
+                clusters: Vec::new(),
+                stat_prefix: String::new(),
+                origin: RouteOrigin {
+                    virtual_service: String::new(),
+                    field: String::new(),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn filter_chain_selection_follows_envoy() {
+        let listener = TlsListener {
+            chains: vec![
+                chain("wild", &["*.example.com"]),
+                chain("exact", &["shop.example.com", "api.example.org"]),
+                chain("deep", &["*.b.example.com"]),
+                chain("any", &[]),
+            ],
+        };
+        let cases = [
+            (Some("shop.example.com"), Some("exact")),
+            (Some("api.example.org"), Some("exact")),
+            (Some("x.example.com"), Some("wild")),
+            (Some("a.b.example.com"), Some("deep")),
+            (Some("a.c.example.com"), Some("wild")),
+            // A wildcard does not cover the bare domain.
+            (Some("example.com"), Some("any")),
+            (Some("other.org"), Some("any")),
+            (None, Some("any")),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(
+                listener.select(sni).map(|c| c.name.as_str()),
+                want,
+                "{sni:?}"
+            );
+        }
+        let strict = TlsListener {
+            chains: vec![chain("exact", &["shop.example.com"])],
+        };
+        assert!(strict.select(None).is_none(), "no SNI, no catch-all");
+        assert!(strict.select(Some("x.example.com")).is_none());
+    }
+}
