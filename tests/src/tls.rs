@@ -252,9 +252,43 @@ impl Leaf {
         Ok((cert, key))
     }
 
+    /// The serial number as lowercase hex without leading zeros (from `openssl x509`).
+    pub fn serial_hex(&self) -> Result<String> {
+        let dir = tempfile::tempdir().context("temp dir for openssl x509")?;
+        let input = write_file(&dir.path().join("cert.pem"), &self.cert_pem)?;
+        let out = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-serial", "-in"])
+                .arg(&input),
+            Duration::from_secs(20),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .trim()
+            .strip_prefix("serial=")
+            .with_context(|| format!("unexpected openssl x509 -serial output: {text}"))?;
+        Ok(normalize_serial(hex))
+    }
+
     /// Whether `pem` (a certificate a client received) is this certificate.
     pub fn is(&self, pem: &str) -> bool {
         pem_body(pem) == pem_body(&self.cert_pem)
+    }
+}
+
+/// A serial number in hex (any case, with or without `:`), lowercase without
+/// separators and leading zeros, for comparing how different tools print it.
+pub fn normalize_serial(hex: &str) -> String {
+    let digits: String = hex
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let trimmed = digits.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
     }
 }
 
@@ -931,6 +965,13 @@ mod tests {
         let rsa = ca.server_cert(&["b.example.com"], KeyAlg::Rsa2048).unwrap();
         assert!(rsa.key_pem(KeyFormat::Pkcs1).is_ok());
         assert!(!rsa.is(&ec.cert_pem));
+    }
+
+    #[test]
+    fn serials_compare_across_formats() {
+        assert_eq!(normalize_serial("00:8A:bc"), "8abc");
+        assert_eq!(normalize_serial("008abc"), "8abc");
+        assert_eq!(normalize_serial("0"), "0");
     }
 
     #[test]

@@ -13,10 +13,12 @@ use ingressd_tests::config::{
 use ingressd_tests::fixture::sock;
 use ingressd_tests::tls::{
     Ca, HttpsResult, KeyAlg, KeyFormat, Leaf, PASS_A, PASS_B, PASS_PORT, SClient, SecretVolume,
-    SniRoute, TlsGateway, cacert_secret, gateway, generic_secret, passthrough_virtual_service,
-    rename_over, server, tcp_virtual_service, tls_secret,
+    SniRoute, TlsGateway, cacert_secret, gateway, generic_secret, normalize_serial,
+    passthrough_virtual_service, rename_over, server, tcp_virtual_service, tls_secret,
 };
-use ingressd_tests::{ConfigDir, Ns, Topology, ingressd_cli, node, node_url, require_root};
+use ingressd_tests::{
+    ADMIN_ADDR, ConfigDir, Ns, Topology, ingressd_cli, node, node_url, require_root,
+};
 
 /// How long a certificate change may take to reach new handshakes (the contract says
 /// about 2 s; the file watcher and a reload fit in that).
@@ -345,7 +347,14 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
     let wild = ca.server_cert(&["*.example.com"], KeyAlg::Rsa2048).unwrap();
     let (exact_crt, exact_key) = exact.write(certs.path(), "a", KeyFormat::Pkcs8).unwrap();
     let (wild_crt, wild_key) = wild.write(certs.path(), "wild", KeyFormat::Pkcs8).unwrap();
-    // The wildcard server comes first: the exact name must win regardless of order.
+    let deeper = ca
+        .server_cert(&["*.b.example.com"], KeyAlg::EcdsaP256)
+        .unwrap();
+    let (deeper_crt, deeper_key) = deeper
+        .write(certs.path(), "deeper", KeyFormat::Sec1)
+        .unwrap();
+    // The wildcard servers come first: the exact name must win regardless of order,
+    // and the longer wildcard over the shorter one.
     let files = vec![
         gateway_file(&[
             https_server(
@@ -354,6 +363,13 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
                 "HTTPS",
                 &["*.example.com"],
                 &simple_files(&wild_crt, &wild_key),
+            ),
+            https_server(
+                443,
+                "https-deeper",
+                "HTTPS",
+                &["*.b.example.com"],
+                &simple_files(&deeper_crt, &deeper_key),
             ),
             https_server(
                 443,
@@ -372,6 +388,8 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
     assert_presented(&s, &exact, "SNI a.example.com");
     let s = s_client(&gw.topo, 8443, "b.example.com", &[]);
     assert_presented(&s, &wild, "SNI b.example.com");
+    let s = s_client(&gw.topo, 8443, "x.b.example.com", &[]);
+    assert_presented(&s, &deeper, "SNI x.b.example.com");
 
     let ca_args = trust(&ca_file);
     for host in ["a.example.com", "b.example.com"] {
@@ -1619,6 +1637,12 @@ fn broken_certificate_changes_keep_the_old_certificate() {
         )
         .unwrap();
     still_good("a garbage certificate");
+    // /certs still shows the old certificate, and why the change was refused.
+    let entry = certs_entry(&gw, &good);
+    assert!(
+        entry["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "/certs does not say why the change was refused: {entry}"
+    );
 
     // A certificate whose key is not the one in the key file.
     rename_over(&cert, &other.cert_pem).unwrap();
@@ -1634,6 +1658,33 @@ fn broken_certificate_changes_keep_the_old_certificate() {
     rename_over(&cert, &next.cert_pem).unwrap();
     let took = wait_for_certificate(&gw.topo, &next, Instant::now());
     eprintln!("good certificate served {took:?} after the broken ones");
+    let entry = certs_entry(&gw, &next);
+    assert!(
+        entry["error"].is_null(),
+        "/certs still reports an error after a good certificate: {entry}"
+    );
+}
+
+/// The `/certs` entry (admin API) whose certificate chain starts with `leaf`.
+fn certs_entry(gw: &TlsGateway, leaf: &Leaf) -> serde_json::Value {
+    let serial = leaf.serial_hex().expect("reading the serial number");
+    let r = gw
+        .topo
+        .http_get(Ns::Node, ADMIN_ADDR, "/certs")
+        .expect("GET /certs");
+    assert_eq!(r.status, 200, "{r:?}");
+    let json = r.json().expect("/certs is JSON");
+    json["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["cert_chain"][0]["serial_number"]
+                .as_str()
+                .is_some_and(|s| normalize_serial(s) == serial)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("/certs has no entry for serial {serial}: {json:#}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1939,4 +1990,57 @@ fn check_warns_about_unknown_cipher_suites_naming_the_field() {
         !out.contains("spec.servers[1].tls.cipherSuites[0]"),
         "a supported suite got a diagnostic: {out}"
     );
+}
+
+#[test]
+fn check_warns_about_certificates_that_do_not_load() {
+    let dir = ConfigDir::temp().unwrap();
+    let certs = dir.path().join("certs");
+    let ca = Ca::new("ingressd test CA", KeyAlg::EcdsaP256).unwrap();
+    let (expired_crt, expired_key) = ca
+        .expired_server_cert(&[COUNTER_HOST], KeyAlg::EcdsaP256)
+        .unwrap()
+        .write(&certs, "expired", KeyFormat::Pkcs8)
+        .unwrap();
+    let missing = certs.join("missing.crt");
+    dir.write_all(&TlsGateway::base_files()).unwrap();
+    dir.write_all(&[
+        gateway_file(&[
+            server(80, "http", "HTTP", &[COUNTER_HOST], None),
+            https_server(
+                443,
+                "https",
+                "HTTPS",
+                &[COUNTER_HOST],
+                &simple_files(&missing, &expired_key),
+            ),
+            https_server(
+                9443,
+                "tls-alt",
+                "HTTPS",
+                &[COUNTER_HOST],
+                &simple_files(&expired_crt, &expired_key),
+            ),
+        ]),
+        (
+            "counter-virtualservice.yaml".to_owned(),
+            counter_virtual_service(),
+        ),
+    ])
+    .unwrap();
+    let out = ingressd_cli(&["check", "--config", &dir.path().to_string_lossy()]).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Warnings, not errors: the files may exist only on the gateway's nodes.
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for server in ["spec.servers[1]", "spec.servers[2]"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(server) && l.to_ascii_lowercase().contains("warn"))
+            .unwrap_or_else(|| panic!("no warning for {server}: {text}"));
+        assert!(line.contains("default-gateway"), "{line}");
+    }
 }
