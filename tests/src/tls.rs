@@ -370,13 +370,10 @@ pub fn generic_secret(name: &str, cert_pem: &str, key_pem: &str, ca_pem: Option<
     secret(name, "Opaque", &data)
 }
 
-/// The separate CA Secret of a credential: `<credential>-cacert` holding `ca.crt`.
-pub fn cacert_secret(credential: &str, ca_pem: &str) -> String {
-    secret(
-        &format!("{credential}-cacert"),
-        "Opaque",
-        &[("ca.crt", ca_pem)],
-    )
+/// The separate CA Secret of a credential: `<credential>-cacert` holding the CA under
+/// `key` (`ca.crt` or `cacert`).
+pub fn cacert_secret(credential: &str, key: &str, ca_pem: &str) -> String {
+    secret(&format!("{credential}-cacert"), "Opaque", &[(key, ca_pem)])
 }
 
 /// A directory laid out the way the kubelet projects a Secret volume:
@@ -982,7 +979,7 @@ mod tests {
         assert!(yaml.contains("  ca.crt: QQ==\n"), "{yaml}");
         let yaml = generic_secret("cred", "C", "K", None);
         assert!(yaml.contains("  cert: Qw==\n  key: Sw==\n"), "{yaml}");
-        assert!(cacert_secret("cred", "A").contains("name: cred-cacert"));
+        assert!(cacert_secret("cred", "cacert", "A").contains("name: cred-cacert"));
     }
 
     #[test]
