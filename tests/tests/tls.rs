@@ -201,6 +201,50 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
         .unwrap();
     assert!(r.ok(), "{r:?}");
     assert_eq!((r.status, r.http_version.as_str()), (200, "2"), "{r:?}");
+    // 50 concurrent streams on one h2 connection.
+    let resolve = format!("{COUNTER_HOST}:8443:198.18.0.1");
+    let ca_path = path_str(&ca_file);
+    let mut cmd: Vec<String> = [
+        "-sS",
+        "--max-time",
+        "20",
+        "--http2",
+        "--parallel",
+        "--parallel-max",
+        "50",
+        "--resolve",
+        &resolve,
+        "--cacert",
+        &ca_path,
+        "-w",
+        "%{response_code} %{http_version} %{num_connects}\\n",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for i in 0..50 {
+        cmd.extend([
+            "-o".to_owned(),
+            "/dev/null".to_owned(),
+            format!("https://{COUNTER_HOST}:8443/stream/{i}"),
+        ]);
+    }
+    let out = gw
+        .topo
+        .exec(Ns::Client, "curl", &cmd, Duration::from_secs(30))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        answers.len(),
+        50,
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        answers.iter().all(|a| a.starts_with("200 2 ")),
+        "every stream answers 200 over HTTP/2: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A request body streams through h2 over TLS to the HTTP/1.1 backend.
     let body_file = certs.path().join("body.bin");
     std::fs::write(&body_file, vec![b'x'; 300_000]).unwrap();
@@ -226,7 +270,6 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
     assert_eq!((r.status, r.http_version.as_str()), (200, "1.1"), "{r:?}");
 
     // ALPN as openssl sees it; the chain verifies against our CA.
-    let ca_path = path_str(&ca_file);
     for (offer, expected) in [("h2", "h2"), ("http/1.1", "http/1.1")] {
         let s = s_client(
             &gw.topo,
@@ -397,6 +440,24 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
         let json = must_reach_counter(&gw.topo, host, 8443, "/", &args(&ca_args));
         assert_eq!(json["host"], format!("{host}:8443"), "{json}");
     }
+    // Each server routes the VirtualService hosts that fall under its own hosts
+    // (Istio: one route configuration per server). a.example.com is under
+    // `*.example.com` too, so a connection for b.example.com may ask for it...
+    let mut a_over_b = ca_args.clone();
+    a_over_b.extend(["-H".to_owned(), "Host: a.example.com".to_owned()]);
+    let json = must_reach_counter(&gw.topo, "b.example.com", 8443, "/", &args(&a_over_b));
+    assert_eq!(json["host"], "a.example.com", "{json}");
+    // ...but b.example.com is not under `a.example.com`: 404 on a's connection.
+    let mut b_over_a = ca_args.clone();
+    b_over_a.extend(["-H".to_owned(), "Host: b.example.com".to_owned()]);
+    let r = gw
+        .topo
+        .curl_https("a.example.com", 8443, "/", &args(&b_over_a))
+        .unwrap();
+    assert_eq!(
+        r.status, 404,
+        "Host b.example.com over SNI a.example.com: {r:?}"
+    );
 
     // A name no server has: the handshake fails with unrecognized_name (alert 112).
     let s = s_client(&gw.topo, 8443, "www.example.org", &[]);
@@ -417,6 +478,56 @@ fn sni_picks_exact_before_wildcard_and_refuses_unknown_names() {
         .s_client(8443, &["-noservername"], "", Duration::ZERO)
         .unwrap();
     assert_refused(&s, "no SNI without a `*` server");
+}
+
+#[test]
+fn servers_of_two_gateways_share_the_port_and_split_by_sni() {
+    if !require_root("servers_of_two_gateways_share_the_port_and_split_by_sni") {
+        return;
+    }
+    let certs = certs_dir();
+    let ca = Ca::new("ingressd test CA", KeyAlg::EcdsaP256).unwrap();
+    let ca_file = ca.write(certs.path(), "ca.pem").unwrap();
+    let mut files = Vec::new();
+    let mut leaves = Vec::new();
+    // Two teams, two Gateways, one port: each Gateway with its own host and certificate,
+    // each VirtualService bound to its team's Gateway.
+    for team in ["red", "blue"] {
+        let host = format!("{team}.example.com");
+        let leaf = ca.server_cert(&[&host], KeyAlg::EcdsaP256).unwrap();
+        let (crt, key) = leaf.write(certs.path(), team, KeyFormat::Pkcs8).unwrap();
+        let gw_yaml = gateway(&[https_server(
+            443,
+            &format!("https-{team}"),
+            "HTTPS",
+            &[&host],
+            &simple_files(&crt, &key),
+        )])
+        .replace("name: default-gateway", &format!("name: {team}-gateway"));
+        files.push((format!("{team}-gateway.yaml"), gw_yaml));
+        files.push((
+            format!("{team}-virtualservice.yaml"),
+            virtual_service(team, &host, "counter", 80).replace(
+                "default-gateway.istio-system.svc.cluster.local",
+                &format!("istio-system/{team}-gateway"),
+            ),
+        ));
+        leaves.push((host, leaf));
+    }
+    let gw = TlsGateway::start(&files, &[]).unwrap();
+    for (host, leaf) in &leaves {
+        let s = s_client(&gw.topo, 8443, host, &[]);
+        assert_presented(&s, leaf, host);
+        must_reach_counter(&gw.topo, host, 8443, "/", &args(&trust(&ca_file)));
+    }
+    // The red Gateway's server does not route the blue VirtualService.
+    let mut cross = trust(&ca_file);
+    cross.extend(["-H".to_owned(), "Host: blue.example.com".to_owned()]);
+    let r = gw
+        .topo
+        .curl_https("red.example.com", 8443, "/", &args(&cross))
+        .unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
 }
 
 #[test]
