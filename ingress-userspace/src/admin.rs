@@ -220,6 +220,12 @@ impl Admin {
                     ("upstream_rq_3xx", load(&state.rq_3xx)),
                     ("upstream_rq_4xx", load(&state.rq_4xx)),
                     ("upstream_rq_5xx", load(&state.rq_5xx)),
+                    ("upstream_rq_retry", load(&state.rq_retry)),
+                    (
+                        "upstream_rq_retry_limit_exceeded",
+                        load(&state.rq_retry_limit_exceeded),
+                    ),
+                    ("upstream_rq_retry_success", load(&state.rq_retry_success)),
                     ("upstream_rq_timeout", load(&state.rq_timeout)),
                     ("upstream_rq_total", load(&state.rq_total)),
                 ] {

@@ -1033,11 +1033,16 @@ mod tests {
                 clusters: vec![WeightedCluster {
                     name: cluster.to_owned(),
                     weight: 100,
+                    headers: None,
                 }],
                 timeout: None,
                 prefix_rewrite: None,
+                regex_rewrite: None,
                 host_rewrite: None,
+                retry: crate::snapshot::RetryPolicy::none(),
+                mirrors: Vec::new(),
             }),
+            policy: Default::default(),
             origin: None,
         };
         let vhosts = vec![

@@ -905,6 +905,7 @@ mod tests {
                     .map(|(n, w)| WeightedCluster {
                         name: (*n).to_owned(),
                         weight: *w,
+                        headers: None,
                     })
                     .collect(),
                 stat_prefix: "x".into(),

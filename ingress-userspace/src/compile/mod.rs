@@ -40,6 +40,7 @@ use crate::snapshot::{
     RouteMatch, RouteOrigin, ServerRef, Snapshot, StringMatcher, TcpProxy, UpstreamProtocol,
     VirtualHost, VirtualHostIndex, WeightedCluster,
 };
+use crate::snapshot::{MirrorPolicy, RetryPolicy, RoutePolicy};
 
 /// Istio's default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -734,11 +735,28 @@ impl<'a> Compiler<'a> {
                 if clusters.is_empty() {
                     return None;
                 }
+                let mirrors = route
+                    .mirrors
+                    .iter()
+                    .map(|(destination, percent)| MirrorPolicy {
+                        cluster: self.demand_cluster(destination, server_port),
+                        percent: *percent,
+                    })
+                    .collect();
+                let rewrite = route.rewrite.as_ref();
                 RouteAction::Forward(ForwardAction {
                     clusters,
                     timeout: route.timeout,
-                    prefix_rewrite: route.rewrite.as_ref().and_then(|r| r.uri.clone()),
-                    host_rewrite: route.rewrite.as_ref().and_then(|r| r.authority.clone()),
+                    prefix_rewrite: rewrite.and_then(|r| r.uri.clone()),
+                    regex_rewrite: rewrite.and_then(|r| r.uri_regex.clone()),
+                    host_rewrite: rewrite
+                        .and_then(|r| r.authority.clone())
+                        .or_else(|| route.headers.as_ref().and_then(|h| h.host_rewrite.clone())),
+                    retry: route
+                        .retries
+                        .clone()
+                        .unwrap_or_else(RetryPolicy::istio_default),
+                    mirrors,
                 })
             }
             HttpAction::Redirect(r) => RouteAction::Redirect(RedirectAction {
@@ -746,11 +764,12 @@ impl<'a> Compiler<'a> {
                 scheme: r.scheme.clone(),
                 authority: r.authority.clone(),
                 port: r.port,
+                derive_port: r.derive_port,
                 path: r.uri.clone(),
             }),
             HttpAction::DirectResponse { status, body } => RouteAction::DirectResponse {
                 status: *status,
-                body: body.clone(),
+                body: bytes::Bytes::from(body.clone()),
             },
             HttpAction::Delegate { name, namespace } => {
                 self.warn(&vs.meta, "virtualservice", format!("spec.http[{}].delegate", route.index), format!(
@@ -766,6 +785,11 @@ impl<'a> Compiler<'a> {
             name,
             matcher: m.map(route_match).unwrap_or_default(),
             action,
+            policy: Arc::new(RoutePolicy {
+                headers: route.headers.clone(),
+                fault: route.fault.clone(),
+                cors: route.cors.clone(),
+            }),
             origin: Some(RouteOrigin {
                 virtual_service: vs.meta.key(),
                 field,
@@ -784,6 +808,7 @@ impl<'a> Compiler<'a> {
             .map(|d| WeightedCluster {
                 name: self.demand_cluster(&d.destination, listener_port),
                 weight: d.weight,
+                headers: d.headers.clone(),
             })
             .collect()
     }

@@ -13,10 +13,16 @@ pub mod host;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
-use crate::snapshot::{Pattern, StringMatcher};
+use http::{HeaderName, HeaderValue};
+
+use crate::snapshot::{
+    CorsPolicy, FaultAbort, FaultPolicy, HeaderOps, HeaderPolicy, Pattern, RetryPolicy,
+    StringMatcher,
+};
 use crate::tls::names::{CipherName, classify_cipher};
 use crate::wire::{self, Object, istio, k8s};
 
@@ -231,6 +237,13 @@ pub struct HttpRoute {
     pub action: HttpAction,
     pub timeout: Option<Duration>,
     pub rewrite: Option<Rewrite>,
+    /// `None`: Istio's default retry policy applies.
+    pub retries: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
+    /// `mirror` (+ `mirrorPercentage`) or `mirrors[]`: destination and percent.
+    pub mirrors: Vec<(Destination, f64)>,
+    pub cors: Option<CorsPolicy>,
+    pub headers: Option<HeaderPolicy>,
 }
 
 /// `http[].match[]`: all conditions must hold.
@@ -278,7 +291,7 @@ impl HttpMatch {
 pub enum HttpAction {
     Route(Vec<RouteDestination>),
     Redirect(Redirect),
-    DirectResponse { status: u16, body: String },
+    DirectResponse { status: u16, body: Vec<u8> },
     Delegate { name: String, namespace: String },
 }
 
@@ -287,6 +300,8 @@ pub enum HttpAction {
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: u32,
+    /// `route[].headers` (HTTP routes only).
+    pub headers: Option<Arc<HeaderPolicy>>,
 }
 
 /// `destination`.
@@ -304,15 +319,19 @@ pub struct Redirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`.
+    pub derive_port: bool,
     pub scheme: Option<String>,
     pub code: u16,
 }
 
 /// `rewrite`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
+    /// `uriRegexRewrite`: the pattern and the replacement (regex crate syntax).
+    pub uri_regex: Option<(Pattern, String)>,
 }
 
 /// `tcp[]`.
@@ -1033,7 +1052,7 @@ fn convert_virtual_service(
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
-                .map(|d| (&d.destination, d.weight)),
+                .map(|d| (&d.destination, d.weight, None)),
             &field,
             namespace,
             ctx,
@@ -1103,7 +1122,7 @@ fn convert_virtual_service(
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
-                .map(|d| (&d.destination, d.weight)),
+                .map(|d| (&d.destination, d.weight, None)),
             &field,
             namespace,
             ctx,
@@ -1173,16 +1192,10 @@ fn convert_http_route(
             );
             return None;
         }
-        for (d, dest) in destinations.iter().enumerate() {
-            if dest.headers.is_some() {
-                ctx.warning(
-                    format!("{field}.route[{d}].headers"),
-                    "per-destination header operations are not supported yet; ignored",
-                );
-            }
-        }
         HttpAction::Route(convert_destinations(
-            destinations.iter().map(|d| (&d.destination, d.weight)),
+            destinations
+                .iter()
+                .map(|d| (&d.destination, d.weight, d.headers.as_ref())),
             &field,
             namespace,
             ctx,
@@ -1202,16 +1215,30 @@ fn convert_http_route(
         let port = redirect
             .port
             .and_then(|p| ctx.port(p, &format!("{field}.redirect.port")));
-        if redirect.derive_port.is_some() {
-            ctx.warning(
+        let derive_port = match redirect.derive_port.as_deref() {
+            None => false,
+            Some("FROM_REQUEST_PORT") => true,
+            Some("FROM_PROTOCOL_DEFAULT") => false,
+            Some(other) => {
+                ctx.error(
+                    format!("{field}.redirect.derivePort"),
+                    format!("unknown value {other:?}: expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+                );
+                return None;
+            }
+        };
+        if derive_port && port.is_some() {
+            ctx.error(
                 format!("{field}.redirect.derivePort"),
-                "not supported yet; ignored",
+                "port and derivePort are mutually exclusive",
             );
+            return None;
         }
         HttpAction::Redirect(Redirect {
             uri: redirect.uri.clone(),
             authority: redirect.authority.clone(),
             port,
+            derive_port,
             scheme: redirect.scheme.clone(),
             code,
         })
@@ -1236,15 +1263,22 @@ fn convert_http_route(
         let body = match &direct.body {
             Some(istio::HttpBody {
                 string: Some(s), ..
-            }) => s.clone(),
-            Some(istio::HttpBody { bytes: Some(_), .. }) => {
-                ctx.warning(
-                    format!("{field}.directResponse.body.bytes"),
-                    "bytes bodies are not supported yet; an empty body is sent",
-                );
-                String::new()
+            }) => s.clone().into_bytes(),
+            Some(istio::HttpBody { bytes: Some(b), .. }) => {
+                use base64::Engine as _;
+                let compact: String = b.split_ascii_whitespace().collect();
+                match base64::engine::general_purpose::STANDARD.decode(compact) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        ctx.error(
+                            format!("{field}.directResponse.body.bytes"),
+                            format!("invalid base64: {err}"),
+                        );
+                        return None;
+                    }
+                }
             }
-            _ => String::new(),
+            _ => Vec::new(),
         };
         HttpAction::DirectResponse { status, body }
     } else if let Some(delegate) = &route.delegate {
@@ -1270,39 +1304,135 @@ fn convert_http_route(
         .as_deref()
         .and_then(|t| ctx.duration(t, &format!("{field}.timeout")))
         .filter(|d| !d.is_zero());
-    let rewrite = route.rewrite.as_ref().map(|r| {
-        if r.uri_regex_rewrite.is_some() {
+    let rewrite = match &route.rewrite {
+        None => None,
+        Some(r) => {
+            let uri_regex = match &r.uri_regex_rewrite {
+                None => None,
+                Some(rr) => {
+                    let rfield = format!("{field}.rewrite.uriRegexRewrite");
+                    let pattern = ctx.required(&rr.pattern, &format!("{rfield}.match"))?;
+                    let replacement = ctx.required(&rr.rewrite, &format!("{rfield}.rewrite"))?;
+                    match regex::Regex::new(pattern) {
+                        Ok(regex) => Some((
+                            Pattern {
+                                source: pattern.clone(),
+                                regex,
+                            },
+                            // RE2's `\1` becomes the regex crate's `${1}`.
+                            regex_replacement(replacement),
+                        )),
+                        Err(err) => {
+                            ctx.error(format!("{rfield}.match"), format!("invalid regex: {err}"));
+                            return None;
+                        }
+                    }
+                }
+            };
+            if uri_regex.is_some() && r.uri.is_some() {
+                ctx.error(
+                    format!("{field}.rewrite"),
+                    "uri and uriRegexRewrite are mutually exclusive",
+                );
+                return None;
+            }
+            Some(Rewrite {
+                uri: r.uri.clone(),
+                authority: r.authority.clone(),
+                uri_regex,
+            })
+        }
+    };
+    let retries = route.retries.as_ref().map(|r| {
+        let rfield = format!("{field}.retries");
+        let mut policy = RetryPolicy::istio_default();
+        policy.attempts = match r.attempts {
+            None => 2,
+            Some(a) if a >= 0 => a as u32,
+            Some(a) => {
+                ctx.error(
+                    format!("{rfield}.attempts"),
+                    format!("invalid attempts {a}: must not be negative"),
+                );
+                0
+            }
+        };
+        policy.per_try_timeout = r
+            .per_try_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{rfield}.perTryTimeout")))
+            .filter(|d| !d.is_zero());
+        if let Some(on) = &r.retry_on {
+            match RetryPolicy::parse_retry_on(on) {
+                Ok((retry_on, codes)) => {
+                    policy.retry_on = retry_on;
+                    policy.status_codes = codes;
+                }
+                Err(err) => ctx.error(format!("{rfield}.retryOn"), err),
+            }
+        }
+        if r.retry_remote_localities.is_some() {
             ctx.warning(
-                format!("{field}.rewrite.uriRegexRewrite"),
-                "not supported yet; ignored",
+                format!("{rfield}.retryRemoteLocalities"),
+                "there are no localities at a single gateway; ignored",
             );
         }
-        Rewrite {
-            uri: r.uri.clone(),
-            authority: r.authority.clone(),
-        }
+        policy
     });
-    if let Some(retries) = &route.retries {
-        if let Some(t) = &retries.per_try_timeout {
-            ctx.duration(t, &format!("{field}.retries.perTryTimeout"));
+    let fault = route
+        .fault
+        .as_ref()
+        .and_then(|f| convert_fault(f, &format!("{field}.fault"), ctx));
+    let mut mirrors = Vec::new();
+    if let Some(mirror) = &route.mirror {
+        let percent = convert_percent(
+            route.mirror_percentage.as_ref(),
+            route.mirror_percent,
+            100.0,
+            &format!("{field}.mirrorPercentage"),
+            ctx,
+        );
+        if let Some(d) = convert_destination(mirror, &format!("{field}.mirror"), namespace, ctx) {
+            mirrors.push((d, percent));
         }
-        ctx.warning(
-            format!("{field}.retries"),
-            "retries are not supported yet; requests are tried once",
+    }
+    for (m, mirror) in route.mirrors.iter().flatten().enumerate() {
+        let mfield = format!("{field}.mirrors[{m}]");
+        let Some(destination) = ctx.required(&mirror.destination, &format!("{mfield}.destination"))
+        else {
+            continue;
+        };
+        let percent = convert_percent(
+            mirror.percentage.as_ref(),
+            None,
+            100.0,
+            &format!("{mfield}.percentage"),
+            ctx,
+        );
+        if let Some(d) = convert_destination(
+            destination,
+            &format!("{mfield}.destination"),
+            namespace,
+            ctx,
+        ) {
+            mirrors.push((d, percent));
+        }
+    }
+    if route.mirror.is_some() && route.mirrors.as_ref().is_some_and(|m| !m.is_empty()) {
+        ctx.error(
+            format!("{field}.mirrors"),
+            "mirror and mirrors are mutually exclusive",
         );
     }
-    for (name, present) in [
-        ("fault", route.fault.is_some()),
-        ("mirror", route.mirror.is_some()),
-        ("mirrors", route.mirrors.is_some()),
-        ("mirrorPercentage", route.mirror_percentage.is_some()),
-        ("corsPolicy", route.cors_policy.is_some()),
-        ("headers", route.headers.is_some()),
-    ] {
-        if present {
-            ctx.warning(format!("{field}.{name}"), "not supported yet; ignored");
-        }
-    }
+    let cors = route
+        .cors_policy
+        .as_ref()
+        .and_then(|c| convert_cors(c, &format!("{field}.corsPolicy"), ctx));
+    let headers = route
+        .headers
+        .as_ref()
+        .map(|h| convert_headers(h, &format!("{field}.headers"), ctx))
+        .filter(|h| *h != HeaderPolicy::default());
     Some(HttpRoute {
         index: i,
         name: route.name.clone().unwrap_or_default(),
@@ -1310,6 +1440,205 @@ fn convert_http_route(
         action,
         timeout,
         rewrite,
+        retries,
+        fault,
+        mirrors,
+        cors,
+        headers,
+    })
+}
+
+/// RE2 replacement syntax (`\\1`) to the regex crate's (`${1}`); a literal
+/// `$` is escaped.
+fn regex_replacement(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    digits.push(d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{digits}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `fault`: a fixed delay and/or an abort, each for a percentage of requests
+/// (0 when no percentage is given, as Istio translates it).
+fn convert_fault(
+    fault: &istio::HttpFaultInjection,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<FaultPolicy> {
+    let mut out = FaultPolicy::default();
+    if let Some(delay) = &fault.delay {
+        let dfield = format!("{field}.delay");
+        if delay.exponential_delay.is_some() {
+            ctx.warning(
+                format!("{dfield}.exponentialDelay"),
+                "exponential delays are not supported (nor by Istio); ignored",
+            );
+        }
+        if delay.percentage.is_none() && delay.percent.is_none() {
+            ctx.warning(
+                format!("{dfield}.percentage"),
+                "no percentage: no request is delayed (Istio's translation); set percentage.value",
+            );
+        }
+        let percent = convert_percent(
+            delay.percentage.as_ref(),
+            delay.percent,
+            0.0,
+            &format!("{dfield}.percentage"),
+            ctx,
+        );
+        if let Some(d) = delay
+            .fixed_delay
+            .as_deref()
+            .and_then(|d| ctx.duration(d, &format!("{dfield}.fixedDelay")))
+        {
+            out.delay = Some((d, percent));
+        } else if delay.fixed_delay.is_none() {
+            ctx.error(format!("{dfield}.fixedDelay"), "required field is missing");
+        }
+    }
+    if let Some(abort) = &fault.abort {
+        let afield = format!("{field}.abort");
+        if abort.percentage.is_none() {
+            ctx.warning(
+                format!("{afield}.percentage"),
+                "no percentage: no request is aborted (Istio's translation); set percentage.value",
+            );
+        }
+        let percent = convert_percent(
+            abort.percentage.as_ref(),
+            None,
+            0.0,
+            &format!("{afield}.percentage"),
+            ctx,
+        );
+        let kind = match (
+            abort.http_status,
+            abort.grpc_status.as_deref(),
+            abort.http2_error.as_deref(),
+        ) {
+            (Some(s @ 200..=599), None, None) => Some(FaultAbort::Http(s as u16)),
+            (Some(s), None, None) => {
+                ctx.error(
+                    format!("{afield}.httpStatus"),
+                    format!("invalid status {s}: expected 200-599"),
+                );
+                None
+            }
+            (None, Some(g), None) => match grpc_status_code(g) {
+                Some(code) => Some(FaultAbort::Grpc(code)),
+                None => {
+                    ctx.error(
+                        format!("{afield}.grpcStatus"),
+                        format!("unknown gRPC status {g:?}"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(_)) => {
+                ctx.warning(
+                    format!("{afield}.http2Error"),
+                    "not supported (nor by Istio); ignored",
+                );
+                None
+            }
+            (None, None, None) => {
+                ctx.error(&afield, "one of httpStatus or grpcStatus is required");
+                None
+            }
+            _ => {
+                ctx.error(
+                    &afield,
+                    "httpStatus, grpcStatus and http2Error are mutually exclusive",
+                );
+                None
+            }
+        };
+        out.abort = kind.map(|k| (k, percent));
+    }
+    if fault.delay.is_none() && fault.abort.is_none() {
+        ctx.error(field, "a fault needs a delay or an abort");
+    }
+    Some(out)
+}
+
+/// gRPC status names (`UNAVAILABLE`) or numbers to codes.
+fn grpc_status_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let upper = name.trim().to_ascii_uppercase();
+    NAMES
+        .iter()
+        .position(|n| *n == upper)
+        .map(|p| p as u32)
+        .or_else(|| upper.parse::<u32>().ok().filter(|c| *c <= 16))
+}
+
+/// `corsPolicy`.
+fn convert_cors(cors: &istio::CorsPolicy, field: &str, ctx: &mut Ctx<'_>) -> Option<CorsPolicy> {
+    let mut origins = Vec::new();
+    for (i, m) in cors.allow_origins.iter().flatten().enumerate() {
+        if let Some(matcher) = ctx.string_match(m, &format!("{field}.allowOrigins[{i}]"), false) {
+            origins.push(matcher);
+        }
+    }
+    for origin in cors.allow_origin.iter().flatten() {
+        origins.push(StringMatcher::Exact(origin.clone()));
+    }
+    let max_age = cors
+        .max_age
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.maxAge")))
+        .map(|d| d.as_secs());
+    let forward_unmatched_preflights = match cors.unmatched_preflights.as_deref() {
+        None | Some("FORWARD") | Some("UNSPECIFIED") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            ctx.error(
+                format!("{field}.unmatchedPreflights"),
+                format!("unknown value {other:?}: expected FORWARD or IGNORE"),
+            );
+            true
+        }
+    };
+    let join = |v: &Option<Vec<String>>| v.as_deref().unwrap_or_default().join(",");
+    Some(CorsPolicy {
+        allow_origins: origins,
+        allow_methods: join(&cors.allow_methods),
+        allow_headers: join(&cors.allow_headers),
+        expose_headers: join(&cors.expose_headers),
+        max_age,
+        allow_credentials: cors.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
     })
 }
 
@@ -1396,8 +1725,16 @@ fn convert_http_match(
     m
 }
 
+/// One `route[]` entry as the three routes give it: destination, weight and
+/// (HTTP only) header operations.
+type RawDestination<'a> = (
+    &'a Option<istio::Destination>,
+    Option<i64>,
+    Option<&'a istio::Headers>,
+);
+
 fn convert_destinations<'a>(
-    destinations: impl Iterator<Item = (&'a Option<istio::Destination>, Option<i64>)>,
+    destinations: impl Iterator<Item = RawDestination<'a>>,
     field: &str,
     namespace: &str,
     ctx: &mut Ctx<'_>,
@@ -1405,27 +1742,19 @@ fn convert_destinations<'a>(
     let destinations: Vec<_> = destinations.collect();
     let single = destinations.len() == 1;
     let mut out = Vec::new();
-    for (d, (destination, weight)) in destinations.into_iter().enumerate() {
+    for (d, (destination, weight, headers)) in destinations.into_iter().enumerate() {
         let dfield = format!("{field}.route[{d}]");
         let Some(destination) = ctx.required(destination, &format!("{dfield}.destination")) else {
             continue;
         };
-        let Some(host) = ctx.required(&destination.host, &format!("{dfield}.destination.host"))
-        else {
+        let Some(destination) = convert_destination(
+            destination,
+            &format!("{dfield}.destination"),
+            namespace,
+            ctx,
+        ) else {
             continue;
         };
-        let resolved = host::resolve_short_name(host, namespace, CLUSTER_DOMAIN);
-        if ctx
-            .host(&resolved, &format!("{dfield}.destination.host"))
-            .is_none()
-        {
-            continue;
-        }
-        let port = destination
-            .port
-            .as_ref()
-            .and_then(|p| p.number)
-            .and_then(|p| ctx.port(p, &format!("{dfield}.destination.port.number")));
         // A lone destination without a weight takes all the traffic.
         let weight = match weight {
             None if single => 100,
@@ -1441,13 +1770,14 @@ fn convert_destinations<'a>(
                 }
             },
         };
+        let headers = headers
+            .map(|h| convert_headers(h, &format!("{dfield}.headers"), ctx))
+            .filter(|h| *h != HeaderPolicy::default())
+            .map(Arc::new);
         out.push(RouteDestination {
-            destination: Destination {
-                host: resolved,
-                subset: destination.subset.clone().filter(|s| !s.is_empty()),
-                port,
-            },
+            destination,
             weight,
+            headers,
         });
     }
     if !out.is_empty() && out.iter().all(|d| d.weight == 0) {
@@ -1457,6 +1787,102 @@ fn convert_destinations<'a>(
         );
     }
     out
+}
+
+/// A `destination`: host (short names resolved), subset, port.
+fn convert_destination(
+    destination: &istio::Destination,
+    field: &str,
+    namespace: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<Destination> {
+    let host = ctx.required(&destination.host, &format!("{field}.host"))?;
+    let resolved = host::resolve_short_name(host, namespace, CLUSTER_DOMAIN);
+    ctx.host(&resolved, &format!("{field}.host"))?;
+    let port = destination
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .and_then(|p| ctx.port(p, &format!("{field}.port.number")));
+    Some(Destination {
+        host: resolved,
+        subset: destination.subset.clone().filter(|s| !s.is_empty()),
+        port,
+    })
+}
+
+/// `headers`: request and response operations; a `host`/`:authority` set
+/// on the request becomes a host rewrite, as Istio does.
+fn convert_headers(headers: &istio::Headers, field: &str, ctx: &mut Ctx<'_>) -> HeaderPolicy {
+    let mut policy = HeaderPolicy::default();
+    for (side, raw, request) in [
+        ("request", &headers.request, true),
+        ("response", &headers.response, false),
+    ] {
+        let Some(raw) = raw else { continue };
+        let mut ops = HeaderOps::default();
+        let mut pairs = |map: &Option<BTreeMap<String, String>>, op: &str, ctx: &mut Ctx<'_>| {
+            let mut out = Vec::new();
+            for (name, value) in map.iter().flatten() {
+                let f = format!("{field}.{side}.{op}.{name}");
+                let lower = name.to_ascii_lowercase();
+                if request && op == "set" && (lower == "host" || lower == ":authority") {
+                    policy.host_rewrite = Some(value.clone());
+                    continue;
+                }
+                match (
+                    HeaderName::from_bytes(lower.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    (Ok(n), Ok(v)) => out.push((n, v)),
+                    (Err(_), _) => ctx.error(f, format!("invalid header name {name:?}")),
+                    (_, Err(_)) => ctx.error(f, format!("invalid header value {value:?}")),
+                }
+            }
+            out
+        };
+        ops.set = pairs(&raw.set, "set", ctx);
+        ops.add = pairs(&raw.add, "add", ctx);
+        for (i, name) in raw.remove.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => ops.remove.push(n),
+                Err(_) => ctx.error(
+                    format!("{field}.{side}.remove[{i}]"),
+                    format!("invalid header name {name:?}"),
+                ),
+            }
+        }
+        if request {
+            policy.request = ops;
+        } else {
+            policy.response = ops;
+        }
+    }
+    policy
+}
+
+/// A `Percent` (or the deprecated integer), in [0, 100]; `default` when
+/// neither is given.
+fn convert_percent(
+    percentage: Option<&istio::Percent>,
+    legacy: Option<i64>,
+    default: f64,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> f64 {
+    let value = match (percentage.and_then(|p| p.value), legacy) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v as f64,
+        (None, None) => return default,
+    };
+    if !(0.0..=100.0).contains(&value) {
+        ctx.error(
+            field,
+            format!("invalid percentage {value}: expected 0 to 100"),
+        );
+        return default;
+    }
+    value
 }
 
 fn convert_destination_rule(

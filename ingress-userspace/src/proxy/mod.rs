@@ -6,6 +6,7 @@
 //! a status, a response flag and a body in exactly one place.
 
 pub mod access_log;
+pub mod forward;
 pub mod http;
 pub mod tcp;
 pub mod tls;
@@ -191,6 +192,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is (DPE).
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The client went away while its request was read (DC).
+    #[error("downstream disconnected: {0}")]
+    DownstreamReset(String),
 }
 
 impl ProxyError {
@@ -198,7 +202,7 @@ impl ProxyError {
     pub fn source(&self) -> ErrorSource {
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => ErrorSource::Config,
-            ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::DownstreamReset(_) => ErrorSource::Downstream,
             ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure(_)
             | ProxyError::UpstreamReset(_)
@@ -217,7 +221,7 @@ impl ProxyError {
             | ProxyError::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::DownstreamReset(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -232,6 +236,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "UPE",
             ProxyError::Timeout => "UT",
             ProxyError::BadRequest(_) => "DPE",
+            ProxyError::DownstreamReset(_) => "DC",
         }
     }
 
@@ -252,6 +257,7 @@ impl ProxyError {
             }
             ProxyError::Timeout => "response_timeout",
             ProxyError::BadRequest(_) => "downstream_protocol_error",
+            ProxyError::DownstreamReset(_) => "downstream_remote_disconnect",
         }
     }
 
@@ -270,6 +276,7 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream protocol error",
             ProxyError::Timeout => "upstream request timeout",
             ProxyError::BadRequest(_) => "bad request",
+            ProxyError::DownstreamReset(_) => "downstream disconnected",
         }
     }
 

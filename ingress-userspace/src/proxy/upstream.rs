@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::snapshot::{Cluster, Endpoint, UpstreamProtocol, WeightedCluster};
 
-use super::http::RequestBody;
+use super::forward::UpstreamBody;
 
 /// Picks one of `clusters` in proportion to its weight. `roll` is a uniform
 /// random number. A zero total weight picks the first cluster.
@@ -74,6 +74,11 @@ pub struct ClusterState {
     pub rq_5xx: AtomicU64,
     pub cx_tx_bytes: AtomicU64,
     pub cx_rx_bytes: AtomicU64,
+    /// `upstream_rq_retry`, `upstream_rq_retry_success`,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub rq_retry: AtomicU64,
+    pub rq_retry_success: AtomicU64,
+    pub rq_retry_limit_exceeded: AtomicU64,
 }
 
 impl ClusterState {
@@ -86,6 +91,31 @@ impl ClusterState {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed) % serving;
         cluster.endpoints.iter().filter(|e| e.serving).nth(n)
+    }
+
+    /// Like [`ClusterState::choose_endpoint`], but prefers endpoints not in
+    /// `avoid` (Envoy's `previous_hosts` retry predicate); falls back to any
+    /// serving endpoint when all were tried.
+    pub fn choose_endpoint_avoiding<'c>(
+        &self,
+        cluster: &'c Cluster,
+        avoid: &[SocketAddr],
+    ) -> Option<&'c Endpoint> {
+        if avoid.is_empty() {
+            return self.choose_endpoint(cluster);
+        }
+        let fresh = || {
+            cluster
+                .endpoints
+                .iter()
+                .filter(|e| e.serving && !avoid.contains(&e.address))
+        };
+        let count = fresh().count();
+        if count == 0 {
+            return self.choose_endpoint(cluster);
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        fresh().nth(n)
     }
 
     /// The stats of the endpoint at `address`.
@@ -171,7 +201,7 @@ impl Balancer {
 }
 
 /// The upstream client type: pooled keep-alive connections over TCP.
-pub type HttpClient = Client<HttpConnector, RequestBody>;
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
 /// One pooled client per (connect timeout, protocol): the connect timeout is
 /// a property of the connector, so clusters that differ in it cannot share.
@@ -222,6 +252,7 @@ mod tests {
             .map(|(i, &weight)| WeightedCluster {
                 name: format!("c{i}"),
                 weight,
+                headers: None,
             })
             .collect()
     }

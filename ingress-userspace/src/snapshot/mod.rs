@@ -8,6 +8,7 @@
 //!
 //! Nothing here is mutable after compilation, and nothing here does I/O.
 
+pub mod policy;
 mod select;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 use regex::Regex;
 
+pub use policy::{
+    CorsPolicy, FaultAbort, FaultPolicy, HeaderOps, HeaderPolicy, MirrorPolicy, RetryPolicy,
+    RoutePolicy,
+};
 pub use select::{RequestAttributes, VirtualHostIndex};
 
 use crate::diag::Diagnostics;
@@ -332,6 +337,9 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: RouteAction,
+    /// Header mutations, fault injection and CORS (shared by the routes of
+    /// one `http[]` rule).
+    pub policy: Arc<RoutePolicy>,
     /// Where the route came from (absent for generated routes such as the blackhole).
     pub origin: Option<RouteOrigin>,
 }
@@ -438,7 +446,7 @@ pub enum RouteAction {
     /// Proxy to one of the weighted clusters.
     Forward(ForwardAction),
     /// Answer directly (the blackhole 404, `directResponse`).
-    DirectResponse { status: u16, body: String },
+    DirectResponse { status: u16, body: bytes::Bytes },
     /// Answer with a redirect (`redirect`).
     Redirect(RedirectAction),
 }
@@ -452,8 +460,15 @@ pub struct ForwardAction {
     pub timeout: Option<Duration>,
     /// `rewrite.uri`: replaces the matched prefix (or the whole exact path).
     pub prefix_rewrite: Option<String>,
+    /// `rewrite.uriRegexRewrite`: every match of the pattern in the path is
+    /// replaced (`\1` style groups), as Envoy's `regex_rewrite`.
+    pub regex_rewrite: Option<(Pattern, String)>,
     /// `rewrite.authority`.
     pub host_rewrite: Option<String>,
+    /// `retries`, or Istio's default when the route has none.
+    pub retry: RetryPolicy,
+    /// `mirror`/`mirrors`: copies sent fire-and-forget.
+    pub mirrors: Vec<MirrorPolicy>,
 }
 
 /// A redirect answer.
@@ -463,14 +478,18 @@ pub struct RedirectAction {
     pub scheme: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`: keep the port the request used.
+    pub derive_port: bool,
     pub path: Option<String>,
 }
 
 /// A destination and its relative weight.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    /// `route[].headers`: header mutations for this destination only.
+    pub headers: Option<Arc<HeaderPolicy>>,
 }
 
 /// An upstream cluster: one Service port (and subset) and its endpoints.

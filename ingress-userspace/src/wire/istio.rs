@@ -86,13 +86,82 @@ pub struct HttpRoute {
     pub rewrite: Option<HttpRewrite>,
     pub timeout: Option<String>,
     pub retries: Option<HttpRetry>,
-    pub fault: Option<Value>,
+    pub fault: Option<HttpFaultInjection>,
     pub mirror: Option<Destination>,
-    pub mirror_percentage: Option<Value>,
-    pub mirror_percent: Option<Value>,
-    pub mirrors: Option<Vec<Value>>,
-    pub cors_policy: Option<Value>,
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    pub mirror_percent: Option<i64>,
+    pub mirrors: Option<Vec<HttpMirrorPolicy>>,
+    pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// `Percent`: a double in [0, 100].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Percent {
+    pub value: Option<f64>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub fixed_delay: Option<String>,
+    pub exponential_delay: Option<String>,
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percentage.
+    pub percent: Option<i64>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: Option<i64>,
+    pub grpc_status: Option<String>,
+    pub http2_error: Option<String>,
+    pub percentage: Option<Percent>,
+}
+
+/// `HTTPMirrorPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    pub destination: Option<Destination>,
+    pub percentage: Option<Percent>,
+}
+
+/// `CorsPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    pub allow_origins: Option<Vec<StringMatch>>,
+    /// Deprecated exact origins.
+    pub allow_origin: Option<Vec<String>>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `RegexRewrite`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    pub rewrite: Option<String>,
 }
 
 /// Istio's `StringMatch`: exactly one of the three.
@@ -216,7 +285,7 @@ pub struct Delegate {
 pub struct HttpRewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
-    pub uri_regex_rewrite: Option<Value>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
 /// `HTTPRetry`.
