@@ -941,7 +941,11 @@ fn optional_mutual_from_generic_secret_and_mutual_from_tls_secret_with_ca_by_sni
                 "https-opt",
                 "HTTPS",
                 &["opt.example.com"],
-                Some(&[("mode", "OPTIONAL_MUTUAL"), ("credentialName", "opt-cred")]),
+                Some(&[
+                    ("mode", "OPTIONAL_MUTUAL"),
+                    ("credentialName", "opt-cred"),
+                    ("subjectAltNames", "[client.example.com]"),
+                ]),
             ),
             server(
                 443,
@@ -980,6 +984,17 @@ fn optional_mutual_from_generic_secret_and_mutual_from_tls_secret_with_ca_by_sni
         &r,
         "OPTIONAL_MUTUAL with a client certificate from another CA",
     );
+    // A certificate, when given, must also carry one of subjectAltNames.
+    let r = gw
+        .topo
+        .curl_https(
+            "opt.example.com",
+            8443,
+            "/",
+            &args(&pki.curl_args(Some(&pki.other_san))),
+        )
+        .unwrap();
+    must_fail(&r, "OPTIONAL_MUTUAL with a SAN not in subjectAltNames");
 
     // MUTUAL on the same port, chosen by SNI, with the CA from the tls Secret's ca.crt.
     must_reach_counter(
@@ -1767,6 +1782,10 @@ fn broken_certificate_changes_keep_the_old_certificate() {
         "/certs does not say why the change was refused: {entry}"
     );
 
+    // The certificate file gone (unreadable).
+    std::fs::remove_file(&cert).unwrap();
+    still_good("the certificate file was removed");
+
     // A certificate whose key is not the one in the key file.
     rename_over(&cert, &other.cert_pem).unwrap();
     still_good("a certificate that does not match the key");
@@ -2063,8 +2082,20 @@ fn check_https_server(extra: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, St
 
 #[test]
 fn check_rejects_tls_1_0_and_1_1_naming_file_gateway_and_field() {
-    let (code, out) = check_https_server(&[]).unwrap();
-    assert_eq!(code, Some(0), "the valid config must pass: {out}");
+    for valid in [
+        &[][..],
+        &[
+            ("minProtocolVersion", "TLS_AUTO"),
+            ("maxProtocolVersion", "TLS_AUTO"),
+        ][..],
+        &[
+            ("minProtocolVersion", "TLSV1_2"),
+            ("maxProtocolVersion", "TLSV1_3"),
+        ][..],
+    ] {
+        let (code, out) = check_https_server(valid).unwrap();
+        assert_eq!(code, Some(0), "{valid:?} must pass: {out}");
+    }
     for (field, value) in [
         ("minProtocolVersion", "TLSV1_0"),
         ("minProtocolVersion", "TLSV1_1"),
