@@ -226,6 +226,15 @@ impl Admin {
                         load(&state.rq_retry_limit_exceeded),
                     ),
                     ("upstream_rq_retry_success", load(&state.rq_retry_success)),
+                    ("upstream_rq_retry_overflow", load(&state.rq_retry_overflow)),
+                    (
+                        "upstream_rq_pending_overflow",
+                        load(&state.rq_pending_overflow),
+                    ),
+                    (
+                        "outlier_detection.ejections_enforced_total",
+                        load(&state.ejections_total),
+                    ),
                     ("upstream_rq_timeout", load(&state.rq_timeout)),
                     ("upstream_rq_total", load(&state.rq_total)),
                 ] {
@@ -284,13 +293,15 @@ pub fn clusters_text(snapshot: &Snapshot, ctx: &Context) -> String {
     let mut out = String::new();
     for (name, cluster) in &snapshot.clusters {
         let _ = writeln!(out, "{name}::observability_name::{name}");
-        for limit in [
-            "max_connections",
-            "max_pending_requests",
-            "max_requests",
-            "max_retries",
+        let limits = &cluster.policy.limits;
+        for (limit, value) in [
+            ("max_connections", limits.max_connections),
+            ("max_pending_requests", limits.max_pending_requests),
+            ("max_requests", limits.max_requests),
+            ("max_retries", limits.max_retries),
         ] {
-            let _ = writeln!(out, "{name}::default_priority::{limit}::4294967295");
+            let value = value.unwrap_or(u32::MAX);
+            let _ = writeln!(out, "{name}::default_priority::{limit}::{value}");
         }
         let _ = writeln!(out, "{name}::added_via_api::true");
         let state = ctx.balancer.state_if_used(name);
@@ -343,10 +354,12 @@ pub fn clusters_text(snapshot: &Snapshot, ctx: &Context) -> String {
                 "{prefix}::hostname::{}",
                 endpoint.target.as_deref().unwrap_or("")
             );
-            let health = if endpoint.serving {
-                "healthy"
-            } else {
-                "/failed_eds_health"
+            let ejected = stats.as_deref().is_some_and(|s| s.is_ejected());
+            let health = match (endpoint.serving, ejected) {
+                (true, false) => "healthy",
+                (true, true) => "/failed_outlier_check",
+                (false, false) => "/failed_eds_health",
+                (false, true) => "/failed_outlier_check/failed_eds_health",
             };
             let _ = writeln!(out, "{prefix}::health_flags::{health}");
             let _ = writeln!(out, "{prefix}::weight::1");
@@ -501,6 +514,7 @@ mod tests {
             ],
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(10),
+            policy: Default::default(),
         };
         Snapshot {
             gateway: GatewayIdentity::default(),

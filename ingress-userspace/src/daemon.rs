@@ -1022,6 +1022,10 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(1),
+            policy: crate::snapshot::policy::ClusterPolicy {
+                lb: crate::snapshot::policy::LbPolicy::RoundRobin,
+                ..Default::default()
+            },
         })
     }
 

@@ -17,6 +17,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::model::duration::to_proto_json;
+use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{
     CaSource, ChainAction, ClientAuth, Cluster, Discovery, FaultAbort, FilterChain, HeaderMatcher,
     HeaderPolicy, Listener, ListenerKind, PathMatch, Route, RouteAction, RouteConfig, RoutePolicy,
@@ -558,13 +559,51 @@ fn cluster(c: &Cluster) -> Value {
         "type": "EDS",
         "eds_cluster_config": { "service_name": c.name },
         "connect_timeout": to_proto_json(c.connect_timeout),
-        "lb_policy": "ROUND_ROBIN",
+        "lb_policy": match &c.policy.lb {
+            LbPolicy::LeastRequest => "LEAST_REQUEST",
+            LbPolicy::RoundRobin => "ROUND_ROBIN",
+            LbPolicy::Random => "RANDOM",
+            LbPolicy::ConsistentHash(_) => "MAGLEV",
+        },
         "metadata": { "filter_metadata": { "istio": {
             "services": [ { "host": c.host, "name": service.rsplit('/').next(), "namespace": service.split('/').next() } ],
             "default_original_port": c.port,
             "subset": c.subset,
         }, "ingressd": { "discovered_by": kind } } },
     });
+    let limits = &c.policy.limits;
+    let limit = |v: Option<u32>| v.unwrap_or(u32::MAX);
+    out["circuit_breakers"] = json!({ "thresholds": [{
+        "max_connections": limit(limits.max_connections),
+        "max_pending_requests": limit(limits.max_pending_requests),
+        "max_requests": limit(limits.max_requests),
+        "max_retries": limit(limits.max_retries),
+    }]});
+    if let Some(o) = &c.policy.outlier {
+        out["outlier_detection"] = json!({
+            "consecutive_5xx": o.consecutive_5xx,
+            "consecutive_gateway_failure": o.consecutive_gateway_errors,
+            "enforcing_consecutive_gateway_failure": if o.consecutive_gateway_errors > 0 { 100 } else { 0 },
+            "interval": to_proto_json(o.interval),
+            "base_ejection_time": to_proto_json(o.base_ejection_time),
+            "max_ejection_percent": o.max_ejection_percent,
+        });
+        out["common_lb_config"] =
+            json!({ "healthy_panic_threshold": { "value": f64::from(o.min_health_percent) } });
+    }
+    if let LbPolicy::ConsistentHash(key) = &c.policy.lb {
+        out["metadata"]["filter_metadata"]["ingressd"]["hash_key"] = match key {
+            HashKey::Header(h) => json!({ "header": h.as_str() }),
+            HashKey::Cookie { name, path, ttl } => {
+                json!({ "cookie": { "name": name, "path": path, "ttl": ttl.map(to_proto_json) } })
+            }
+            HashKey::SourceIp => json!({ "source_ip": true }),
+            HashKey::QueryParam(q) => json!({ "query_parameter": q }),
+        };
+    }
+    if let Some(idle) = limits.idle_timeout {
+        out["common_http_protocol_options"] = json!({ "idle_timeout": to_proto_json(idle) });
+    }
     if c.protocol == UpstreamProtocol::Http2 {
         out["typed_extension_protocol_options"] = json!({
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::diag::{Diagnostic, Diagnostics, Source};
 use http::{HeaderName, HeaderValue};
 
+use crate::snapshot::policy::{HashKey, LbPolicy, OutlierPolicy, PoolLimits};
 use crate::snapshot::{
     CorsPolicy, FaultAbort, FaultPolicy, HeaderOps, HeaderPolicy, Pattern, RetryPolicy,
     StringMatcher,
@@ -414,6 +415,7 @@ pub struct DestinationRule {
     pub meta: Meta,
     pub host: Host,
     pub subsets: Vec<Subset>,
+    pub policy: Option<TrafficPolicy>,
 }
 
 /// `subsets[]`.
@@ -421,6 +423,42 @@ pub struct DestinationRule {
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    pub policy: Option<TrafficPolicy>,
+}
+
+/// A `trafficPolicy` as written: each part is `None` when not given, so
+/// that subset and port-level policies override only what they set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    pub lb: Option<LbPolicy>,
+    pub limits: Option<PoolLimits>,
+    /// `connectionPool.tcp.connectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    pub outlier: Option<OutlierPolicy>,
+    /// `portLevelSettings`, by port number.
+    pub ports: Vec<(u16, TrafficPolicy)>,
+}
+
+impl TrafficPolicy {
+    /// `other`'s parts replace this one's where `other` sets them (Istio's
+    /// MergeTrafficPolicy, part by part).
+    pub fn overridden_by(&self, other: &TrafficPolicy) -> TrafficPolicy {
+        TrafficPolicy {
+            lb: other.lb.clone().or_else(|| self.lb.clone()),
+            limits: other.limits.clone().or_else(|| self.limits.clone()),
+            connect_timeout: other.connect_timeout.or(self.connect_timeout),
+            outlier: other.outlier.clone().or_else(|| self.outlier.clone()),
+            ports: Vec::new(),
+        }
+    }
+
+    /// This policy with its `portLevelSettings` for `port` applied.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        match self.ports.iter().find(|(p, _)| *p == port) {
+            Some((_, level)) => self.overridden_by(level),
+            None => self.overridden_by(&TrafficPolicy::default()),
+        }
+    }
 }
 
 /// A ServiceEntry with static endpoints.
@@ -989,8 +1027,13 @@ fn convert_virtual_service(
     let namespace = object.namespace();
     let mut hosts = Vec::new();
     let raw_hosts = spec.hosts.as_deref().unwrap_or_default();
-    if raw_hosts.is_empty() && spec.http.is_some() {
-        ctx.error("spec.hosts", "a VirtualService needs at least one host");
+    // No hosts: a delegate (Istio's `delegate`), which must not bind to
+    // gateways itself.
+    if raw_hosts.is_empty() && spec.gateways.as_ref().is_some_and(|g| !g.is_empty()) {
+        ctx.error(
+            "spec.hosts",
+            "a VirtualService bound to gateways needs at least one host (only delegates have none)",
+        );
     }
     for (i, raw) in raw_hosts.iter().enumerate() {
         if raw.contains('/') {
@@ -1912,22 +1955,360 @@ fn convert_destination_rule(
             );
             continue;
         }
+        let policy = subset
+            .traffic_policy
+            .as_ref()
+            .map(|tp| convert_traffic_policy(tp, &format!("spec.subsets[{i}].trafficPolicy"), ctx));
         subsets.push(Subset {
             name: name.clone(),
             labels: subset.labels.clone().unwrap_or_default(),
+            policy,
         });
     }
-    if spec.traffic_policy.is_some() {
-        ctx.warning(
-            "spec.trafficPolicy",
-            "traffic policies are not supported yet; round robin is used",
-        );
-    }
+    let policy = spec
+        .traffic_policy
+        .as_ref()
+        .map(|tp| convert_traffic_policy(tp, "spec.trafficPolicy", ctx));
     Some(DestinationRule {
         meta: meta(object),
         host,
         subsets,
+        policy,
     })
+}
+
+fn convert_traffic_policy(
+    tp: &istio::TrafficPolicy,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> TrafficPolicy {
+    let mut out = convert_policy_parts(
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
+        field,
+        ctx,
+    );
+    for (name, present) in [
+        ("tunnel", tp.tunnel.is_some()),
+        ("proxyProtocol", tp.proxy_protocol.is_some()),
+        ("retryBudget", tp.retry_budget.is_some()),
+    ] {
+        if present {
+            ctx.warning(
+                format!("{field}.{name}"),
+                "not supported at the gateway yet; ignored",
+            );
+        }
+    }
+    for (i, level) in tp.port_level_settings.iter().flatten().enumerate() {
+        let lfield = format!("{field}.portLevelSettings[{i}]");
+        let Some(port) = level
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| ctx.port(n, &format!("{lfield}.port.number")))
+        else {
+            ctx.error(format!("{lfield}.port.number"), "required field is missing");
+            continue;
+        };
+        let parts = convert_policy_parts(
+            level.load_balancer.as_ref(),
+            level.connection_pool.as_ref(),
+            level.outlier_detection.as_ref(),
+            level.tls.as_ref(),
+            &lfield,
+            ctx,
+        );
+        out.ports.push((port, parts));
+    }
+    out
+}
+
+fn convert_policy_parts(
+    lb: Option<&istio::LoadBalancerSettings>,
+    pool: Option<&istio::ConnectionPoolSettings>,
+    outlier: Option<&istio::OutlierDetection>,
+    tls: Option<&serde_json::Value>,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> TrafficPolicy {
+    let mut out = TrafficPolicy::default();
+    if let Some(lb) = lb {
+        out.lb = convert_lb(lb, &format!("{field}.loadBalancer"), ctx);
+    }
+    if let Some(pool) = pool {
+        let (limits, connect_timeout) = convert_pool(pool, &format!("{field}.connectionPool"), ctx);
+        out.limits = Some(limits);
+        out.connect_timeout = connect_timeout;
+    }
+    if let Some(outlier) = outlier {
+        out.outlier = Some(convert_outlier(
+            outlier,
+            &format!("{field}.outlierDetection"),
+            ctx,
+        ));
+    }
+    if let Some(tls) = tls {
+        let mode = tls
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("DISABLE");
+        if mode != "DISABLE" {
+            ctx.warning(
+                format!("{field}.tls"),
+                format!("TLS to upstreams (mode {mode}) is not supported yet; connections to this destination are plaintext"),
+            );
+        }
+    }
+    out
+}
+
+fn convert_lb(
+    lb: &istio::LoadBalancerSettings,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<LbPolicy> {
+    if lb.locality_lb_setting.is_some() {
+        ctx.warning(
+            format!("{field}.localityLbSetting"),
+            "a single gateway has no localities; ignored",
+        );
+    }
+    if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+        ctx.warning(
+            format!("{field}.warmup"),
+            "slow start is not supported yet; ignored",
+        );
+    }
+    match (lb.simple.as_deref(), &lb.consistent_hash) {
+        (Some(_), Some(_)) => {
+            ctx.error(field, "simple and consistentHash are mutually exclusive");
+            None
+        }
+        (Some(simple), None) => match simple.to_ascii_uppercase().as_str() {
+            "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Some(LbPolicy::LeastRequest),
+            "ROUND_ROBIN" => Some(LbPolicy::RoundRobin),
+            "RANDOM" => Some(LbPolicy::Random),
+            "PASSTHROUGH" => {
+                ctx.warning(format!("{field}.simple"), "PASSTHROUGH needs original-destination routing, which a gateway does not do; LEAST_REQUEST is used");
+                Some(LbPolicy::LeastRequest)
+            }
+            other => {
+                ctx.error(format!("{field}.simple"), format!("unknown load balancer {other:?}: expected LEAST_REQUEST, ROUND_ROBIN, RANDOM or PASSTHROUGH"));
+                None
+            }
+        },
+        (None, Some(hash)) => {
+            let hfield = format!("{field}.consistentHash");
+            let keys = [
+                hash.http_header_name.is_some(),
+                hash.http_cookie.is_some(),
+                hash.use_source_ip.unwrap_or(false),
+                hash.http_query_parameter_name.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                ctx.error(&hfield, "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName is required");
+                return None;
+            }
+            let key = if let Some(name) = &hash.http_header_name {
+                match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    Ok(n) => HashKey::Header(n),
+                    Err(_) => {
+                        ctx.error(
+                            format!("{hfield}.httpHeaderName"),
+                            format!("invalid header name {name:?}"),
+                        );
+                        return None;
+                    }
+                }
+            } else if let Some(cookie) = &hash.http_cookie {
+                let name = ctx
+                    .required(&cookie.name, &format!("{hfield}.httpCookie.name"))?
+                    .clone();
+                let ttl = cookie
+                    .ttl
+                    .as_deref()
+                    .and_then(|t| ctx.duration(t, &format!("{hfield}.httpCookie.ttl")))
+                    .filter(|d| !d.is_zero());
+                HashKey::Cookie {
+                    name,
+                    path: cookie.path.clone(),
+                    ttl,
+                }
+            } else if let Some(name) = &hash.http_query_parameter_name {
+                HashKey::QueryParam(name.clone())
+            } else {
+                HashKey::SourceIp
+            };
+            if hash.ring_hash.is_some() || hash.minimum_ring_size.is_some() {
+                ctx.warning(
+                    format!("{hfield}.ringHash"),
+                    "the gateway hashes with a Maglev table; ring settings are ignored",
+                );
+            }
+            Some(LbPolicy::ConsistentHash(key))
+        }
+        (None, None) => None,
+    }
+}
+
+fn convert_pool(
+    pool: &istio::ConnectionPoolSettings,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> (PoolLimits, Option<Duration>) {
+    let mut limits = PoolLimits::default();
+    let mut connect_timeout = None;
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
+        match v {
+            None => None,
+            Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => {
+                ctx.error(
+                    format!("{field}.{f}"),
+                    format!("invalid value {n}: must be positive"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(tcp) = &pool.tcp {
+        limits.max_connections = count(ctx, tcp.max_connections, "tcp.maxConnections");
+        connect_timeout = tcp
+            .connect_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{field}.tcp.connectTimeout")))
+            .filter(|d| !d.is_zero());
+        for (name, present) in [
+            ("tcpKeepalive", tcp.tcp_keepalive.is_some()),
+            (
+                "maxConnectionDuration",
+                tcp.max_connection_duration.is_some(),
+            ),
+            ("idleTimeout", tcp.idle_timeout.is_some()),
+        ] {
+            if present {
+                ctx.warning(format!("{field}.tcp.{name}"), "not enforced yet; ignored");
+            }
+        }
+    }
+    if let Some(http) = &pool.http {
+        limits.max_pending_requests = count(
+            ctx,
+            http.http1_max_pending_requests,
+            "http.http1MaxPendingRequests",
+        );
+        limits.max_requests = count(ctx, http.http2_max_requests, "http.http2MaxRequests");
+        limits.max_retries = count(ctx, http.max_retries, "http.maxRetries");
+        limits.idle_timeout = http
+            .idle_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{field}.http.idleTimeout")))
+            .filter(|d| !d.is_zero());
+        for (name, present) in [
+            (
+                "maxRequestsPerConnection",
+                http.max_requests_per_connection.is_some(),
+            ),
+            (
+                "maxConcurrentStreams",
+                http.max_concurrent_streams.is_some(),
+            ),
+            ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
+            ("useClientProtocol", http.use_client_protocol.is_some()),
+        ] {
+            if present {
+                ctx.warning(format!("{field}.http.{name}"), "not enforced yet; ignored");
+            }
+        }
+    }
+    (limits, connect_timeout)
+}
+
+fn convert_outlier(
+    outlier: &istio::OutlierDetection,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> OutlierPolicy {
+    let mut out = OutlierPolicy::default();
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
+        match v {
+            None => None,
+            Some(n) if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => {
+                ctx.error(
+                    format!("{field}.{f}"),
+                    format!("invalid value {n}: must not be negative"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(n) = count(
+        ctx,
+        outlier
+            .consecutive_5xx_errors
+            .or(outlier.consecutive_errors),
+        "consecutive5xxErrors",
+    ) {
+        out.consecutive_5xx = n;
+    } else if outlier.consecutive_gateway_errors.is_some() {
+        // Istio disables the 5xx detector when only gateway errors are given.
+        out.consecutive_5xx = 0;
+    }
+    if let Some(n) = count(
+        ctx,
+        outlier.consecutive_gateway_errors,
+        "consecutiveGatewayErrors",
+    ) {
+        out.consecutive_gateway_errors = n;
+    }
+    if let Some(d) = outlier
+        .interval
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.interval")))
+    {
+        out.interval = d;
+    }
+    if let Some(d) = outlier
+        .base_ejection_time
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.baseEjectionTime")))
+    {
+        out.base_ejection_time = d;
+    }
+    for (value, name, slot) in [
+        (
+            outlier.max_ejection_percent,
+            "maxEjectionPercent",
+            &mut out.max_ejection_percent,
+        ),
+        (
+            outlier.min_health_percent,
+            "minHealthPercent",
+            &mut out.min_health_percent,
+        ),
+    ] {
+        match value {
+            None => {}
+            Some(p @ 0..=100) => *slot = p as u32,
+            Some(p) => ctx.error(
+                format!("{field}.{name}"),
+                format!("invalid percentage {p}: expected 0 to 100"),
+            ),
+        }
+    }
+    if outlier.consecutive_local_origin_failures.is_some()
+        || outlier.split_external_local_origin_errors.is_some()
+    {
+        ctx.warning(
+            format!("{field}.splitExternalLocalOriginErrors"),
+            "local-origin failures count with the others; ignored",
+        );
+    }
+    out
 }
 
 fn convert_service_entry(

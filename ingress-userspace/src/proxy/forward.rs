@@ -23,14 +23,15 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpInfo;
 
+use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{Cluster, ForwardAction, RetryPolicy, Route, Snapshot, UpstreamProtocol};
 use crate::stats::DestinationLabels;
 
 use super::http::{
     Finisher, ProxyBody, RequestBody, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_SERVICE_TIME,
-    prepare_upstream, rewrite_path, strip_hop_by_hop,
+    grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
 };
-use super::upstream::{ClusterState, HttpClient, choose_weighted, random_u64};
+use super::upstream::{ClusterState, HttpClient, Pick, TryOutcome, choose_weighted, random_u64};
 use super::{Context, ProxyError};
 
 /// Bodies up to this size are kept so that the request can be retried and
@@ -106,6 +107,62 @@ pub struct Downstream<'a> {
     pub authority: &'a str,
     /// `http` or `https` (the downstream connection's).
     pub scheme: &'static str,
+    /// The client's address (`consistentHash.useSourceIp`).
+    pub remote: SocketAddr,
+}
+
+/// The consistent-hash key of a request, and the cookie to set when the
+/// hash cookie was missing and has a ttl.
+fn hash_key(
+    key: &HashKey,
+    headers: &HeaderMap,
+    path: &str,
+    remote: SocketAddr,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let hash = |bytes: &[u8]| {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        Some(crate::maglev::mix(h, 0))
+    };
+    match key {
+        HashKey::Header(name) => (headers.get(name).and_then(|v| hash(v.as_bytes())), None),
+        HashKey::SourceIp => (hash(remote.ip().to_string().as_bytes()), None),
+        HashKey::QueryParam(name) => {
+            let value = path.split_once('?').and_then(|(_, q)| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v)
+            });
+            (value.and_then(|v| hash(v.as_bytes())), None)
+        }
+        HashKey::Cookie { name, path, ttl } => {
+            let found = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned());
+            match (found, ttl) {
+                (Some(value), _) => (hash(value.as_bytes()), None),
+                (None, Some(ttl)) => {
+                    // Envoy generates the cookie; the client sticks from the next request.
+                    let value = format!("{:016x}", random_u64());
+                    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_secs());
+                    if let Some(p) = path {
+                        cookie.push_str(&format!("; Path={p}"));
+                    }
+                    cookie.push_str("; HttpOnly");
+                    (hash(value.as_bytes()), HeaderValue::from_str(&cookie).ok())
+                }
+                (None, None) => (None, None),
+            }
+        }
+    }
 }
 
 /// Forwards one request; the `Err` is the local reply to send instead.
@@ -131,8 +188,20 @@ pub async fn forward(
     state.rq_active.fetch_add(1, Ordering::Relaxed);
     finisher.cluster = Some(state.clone());
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let http2 = cluster.protocol == UpstreamProtocol::Http2;
+    let websocket = is_websocket_upgrade(&parts.headers);
+    let downstream_upgrade = if websocket {
+        if http2 {
+            // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade.
+            return Err(ProxyError::BadRequest(
+                "WebSocket upgrade to an HTTP/2 upstream".to_owned(),
+            ));
+        }
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let mut headers = parts.headers;
     let original = parts
         .uri
@@ -156,6 +225,10 @@ pub async fn forward(
         headers.insert(header::HOST, value);
     }
     prepare_upstream(&mut headers, http2, downstream.scheme);
+    if downstream_upgrade.is_some() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     if let Some(h) = &route.policy.headers {
         h.request.apply(&mut headers);
     }
@@ -204,10 +277,23 @@ pub async fn forward(
     }
 
     let deadline = forward.timeout.map(|t| started + t);
+    let (hash, set_cookie) = match &cluster.policy.lb {
+        LbPolicy::ConsistentHash(key) => {
+            hash_key(key, &template.headers, &template.path, downstream.remote)
+        }
+        _ => (None, None),
+    };
+    admit(cluster, &state, deadline, finisher).await?;
+    let limits = &cluster.policy.limits;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut retries = 0u32;
+    let mut retrying = RetryGuard(&state, false);
     loop {
-        let Some(endpoint) = state.choose_endpoint_avoiding(cluster, &tried) else {
+        let pick = Pick {
+            hash,
+            avoid: &tried,
+        };
+        let Some(endpoint) = state.choose(cluster, pick) else {
             state.cx_none_healthy.fetch_add(1, Ordering::Relaxed);
             return Err(ProxyError::NoHealthyUpstream);
         };
@@ -238,9 +324,25 @@ pub async fn forward(
             },
             None => Ok(pending.await),
         };
-        let can_retry = retries < retry.attempts
+        let outcome_for_outlier = match &outcome {
+            Ok(Ok(response)) => TryOutcome::Status(response.status().as_u16()),
+            _ => TryOutcome::LocalFailure,
+        };
+        if let Some(stats) = &finisher.endpoint {
+            state.record_outcome(cluster, stats, outcome_for_outlier);
+        }
+        let mut can_retry = retries < retry.attempts
             && payload.replayable()
             && deadline.is_none_or(|d| Instant::now() < d);
+        if can_retry
+            && limits
+                .max_retries
+                .is_some_and(|max| state.retries_active.load(Ordering::Relaxed) >= u64::from(max))
+            && !retrying.1
+        {
+            state.rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
+            can_retry = false;
+        }
         let failure = match outcome {
             Ok(Ok(mut response)) => {
                 let status = response.status().as_u16();
@@ -248,6 +350,7 @@ pub async fn forward(
                 let retriable = retry.retries_status(status, grpc);
                 if retriable && can_retry {
                     retries += 1;
+                    retrying.start();
                     state.rq_retry.fetch_add(1, Ordering::Relaxed);
                     backoff(retries, deadline).await;
                     continue;
@@ -276,6 +379,23 @@ pub async fn forward(
                 if let Some(h) = destination_headers {
                     h.response.apply(response.headers_mut());
                 }
+                if let Some(cookie) = set_cookie {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                if let Some(downstream) = downstream_upgrade
+                    && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    // Hop-by-hop for anything else, but the 101 needs them.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    response
+                        .headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    finisher.record.details = Some("via_upstream".to_owned());
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(downstream, upstream));
+                }
                 return Ok(response.map(BodyExt::boxed));
             }
             Ok(Err(error)) => classify_client_error(error),
@@ -287,6 +407,7 @@ pub async fn forward(
         }
         if can_retry && retriable_failure(retry, &failure) {
             retries += 1;
+            retrying.start();
             state.rq_retry.fetch_add(1, Ordering::Relaxed);
             backoff(retries, deadline).await;
             continue;
@@ -298,6 +419,111 @@ pub async fn forward(
                 .fetch_add(1, Ordering::Relaxed);
         }
         return Err(failure);
+    }
+}
+
+/// An HTTP/1.1 `Upgrade: websocket` request (Envoy's default upgrade
+/// config at an Istio gateway allows exactly this one).
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    upgrade && connection
+}
+
+/// Relays an upgraded connection both ways until either side closes.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+        tracing::debug!("websocket upgrade did not complete");
+        return;
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(%error, "websocket tunnel closed");
+    }
+}
+
+/// Counts this request in the cluster's retries in flight while it retries.
+struct RetryGuard<'a>(&'a ClusterState, bool);
+
+impl RetryGuard<'_> {
+    fn start(&mut self) {
+        if !self.1 {
+            self.1 = true;
+            self.0.retries_active.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RetryGuard<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.retries_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The circuit breakers (`connectionPool`): `http2MaxRequests` caps the
+/// requests in flight; `tcp.maxConnections` caps HTTP/1.1 requests in
+/// flight (one connection each), the rest wait as pending up to
+/// `http1MaxPendingRequests`. Overflow is a 503 with flag `UO`. The slot
+/// is held by the finisher until the response ends.
+async fn admit(
+    cluster: &Cluster,
+    state: &ClusterState,
+    deadline: Option<Instant>,
+    finisher: &mut Finisher,
+) -> Result<(), ProxyError> {
+    let limits = &cluster.policy.limits;
+    let overflow = |state: &ClusterState| {
+        state.rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
+        Err(ProxyError::Overflow)
+    };
+    if let Some(max) = limits.max_requests
+        && state.rq_active.load(Ordering::Relaxed) > i64::from(max)
+    {
+        return overflow(state);
+    }
+    let Some(max) = limits
+        .max_connections
+        .filter(|_| cluster.protocol != UpstreamProtocol::Http2)
+    else {
+        return Ok(());
+    };
+    let slots = state.connection_slots(max);
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        finisher.permit = Some(permit);
+        return Ok(());
+    }
+    if limits
+        .max_pending_requests
+        .is_some_and(|p| state.rq_pending.load(Ordering::Relaxed) >= u64::from(p))
+    {
+        return overflow(state);
+    }
+    state.rq_pending.fetch_add(1, Ordering::Relaxed);
+    let wait = slots.acquire_owned();
+    let permit = match deadline {
+        Some(d) => tokio::time::timeout(d.saturating_duration_since(Instant::now()), wait)
+            .await
+            .map_err(|_| ProxyError::Timeout),
+        None => Ok(wait.await),
+    };
+    state.rq_pending.fetch_sub(1, Ordering::Relaxed);
+    match permit? {
+        Ok(permit) => {
+            finisher.permit = Some(permit);
+            Ok(())
+        }
+        Err(_) => overflow(state),
     }
 }
 
@@ -358,11 +584,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-/// `grpc-status` of a trailers-only gRPC answer.
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// The time one try may take: the per-try timeout, cut to what is left of

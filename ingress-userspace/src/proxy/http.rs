@@ -122,6 +122,11 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(finisher) = &mut this.finisher
+                    && finisher.request_protocol == "grpc"
+                {
+                    finisher.grpc_status = grpc_status(trailers).or(finisher.grpc_status);
                 }
             }
             Poll::Ready(None) => this.finish(),
@@ -166,6 +171,10 @@ pub struct Finisher {
     pub(super) destination: Option<DestinationLabels>,
     pub(super) cluster: Option<Arc<ClusterState>>,
     pub(super) endpoint: Option<Arc<EndpointStats>>,
+    /// A `tcp.maxConnections` slot, released when the request finishes.
+    pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// `grpc-status` of a gRPC answer, from its headers or trailers.
+    grpc_status: Option<u32>,
 }
 
 impl Finisher {
@@ -214,6 +223,7 @@ impl Finisher {
             status,
             flags: self.record.flags,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
+            grpc_status: self.grpc_status,
         });
         self.ctx.access_log.write(&self.record);
     }
@@ -237,7 +247,7 @@ pub async fn serve_connection<I>(
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let connection = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, %remote, "downstream connection error");
@@ -297,6 +307,8 @@ pub async fn serve(
         destination: None,
         cluster: None,
         endpoint: None,
+        permit: None,
+        grpc_status: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
@@ -311,10 +323,17 @@ pub async fn serve(
             };
             finisher.record.details = Some(error.details().to_owned());
             finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
-            local_reply(error.status(), error.body())
+            if request_protocol == "grpc" {
+                grpc_local_reply(error.status(), error.body())
+            } else {
+                local_reply(error.status(), error.body())
+            }
         }
     };
     finisher.record.status = response.status().as_u16();
+    if request_protocol == "grpc" {
+        finisher.grpc_status = grpc_status(response.headers());
+    }
     Ok(response.map(|inner| ResponseBody {
         inner,
         sent: 0,
@@ -386,10 +405,12 @@ async fn route_request(
     let mut response = match fault(policy.fault.as_ref(), finisher).await {
         Some(response) => response,
         None => {
-            act(
-                ctx, snapshot, route, request, &authority, &path, scheme, finisher,
-            )
-            .await?
+            let downstream = Downstream {
+                authority: &authority,
+                scheme,
+                remote: conn.remote,
+            };
+            act(ctx, snapshot, route, request, downstream, &path, finisher).await?
         }
     };
     if let Some(h) = &policy.headers {
@@ -400,15 +421,13 @@ async fn route_request(
 }
 
 /// Does what the route says: answer, redirect or forward.
-#[allow(clippy::too_many_arguments)]
 async fn act(
     ctx: &Context,
     snapshot: &Snapshot,
     route: &Route,
     request: Request<RequestBody>,
-    authority: &str,
+    downstream: Downstream<'_>,
     path: &str,
-    scheme: &'static str,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match &route.action {
@@ -419,7 +438,7 @@ async fn act(
         }
         RouteAction::Redirect(action) => {
             finisher.record.details = Some("direct_response".to_owned());
-            let location = redirect_location(action, scheme, authority, path);
+            let location = redirect_location(action, downstream.scheme, downstream.authority, path);
             let status =
                 StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let status = if status.is_redirection() {
@@ -430,7 +449,6 @@ async fn act(
             Ok(redirect(status, &location))
         }
         RouteAction::Forward(forward) => {
-            let downstream = Downstream { authority, scheme };
             super::forward::forward(ctx, snapshot, route, forward, request, downstream, finisher)
                 .await
         }
@@ -536,8 +554,9 @@ pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool, scheme: &'static s
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // No upgrade support yet: without this the upstream would switch protocols
-    // on a connection the proxy cannot relay.
+    // Only WebSocket upgrades are relayed (`forward` puts them back); any
+    // other (`h2c`, ...) would switch protocols on a connection the proxy
+    // does not relay.
     headers.remove(header::UPGRADE);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
@@ -677,6 +696,43 @@ pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Proxy
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// `grpc-status` as a number (a trailers-only answer has it in its headers).
+pub(super) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: HTTP 200,
+/// trailers-only, `grpc-status` mapped from the HTTP status (404
+/// UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE, ...) and the reason as
+/// `grpc-message`.
+pub fn grpc_local_reply(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let code: u32 = match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    };
+    let mut response = local_reply(StatusCode::OK, Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", value);
+    }
     response
 }
 

@@ -192,6 +192,9 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is (DPE).
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// A circuit breaker (`connectionPool`) refused the request (UO).
+    #[error("upstream overflow")]
+    Overflow,
     /// The client went away while its request was read (DC).
     #[error("downstream disconnected: {0}")]
     DownstreamReset(String),
@@ -207,6 +210,7 @@ impl ProxyError {
             | ProxyError::ConnectFailure(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_)
+            | ProxyError::Overflow
             | ProxyError::Timeout => ErrorSource::Upstream,
         }
     }
@@ -218,6 +222,7 @@ impl ProxyError {
             ProxyError::ClusterNotFound(_)
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure(_)
+            | ProxyError::Overflow
             | ProxyError::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -237,6 +242,7 @@ impl ProxyError {
             ProxyError::Timeout => "UT",
             ProxyError::BadRequest(_) => "DPE",
             ProxyError::DownstreamReset(_) => "DC",
+            ProxyError::Overflow => "UO",
         }
     }
 
@@ -258,6 +264,7 @@ impl ProxyError {
             ProxyError::Timeout => "response_timeout",
             ProxyError::BadRequest(_) => "downstream_protocol_error",
             ProxyError::DownstreamReset(_) => "downstream_remote_disconnect",
+            ProxyError::Overflow => "upstream_reset_before_response_started{overflow}",
         }
     }
 
@@ -277,6 +284,9 @@ impl ProxyError {
             ProxyError::Timeout => "upstream request timeout",
             ProxyError::BadRequest(_) => "bad request",
             ProxyError::DownstreamReset(_) => "downstream disconnected",
+            ProxyError::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
         }
     }
 

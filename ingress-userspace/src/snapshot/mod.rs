@@ -506,8 +506,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// Protocol spoken to the endpoints.
     pub protocol: UpstreamProtocol,
-    /// Istio's default is 10 s.
+    /// Istio's default is 10 s (`connectionPool.tcp.connectTimeout`).
     pub connect_timeout: Duration,
+    /// Load balancing, circuit breakers and outlier detection.
+    pub policy: policy::ClusterPolicy,
 }
 
 /// How a cluster's endpoints were discovered.

@@ -286,6 +286,88 @@ impl CorsPolicy {
     }
 }
 
+/// How a cluster picks an endpoint (`trafficPolicy.loadBalancer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Istio's default: the fewer active requests of two random endpoints
+    /// (Envoy's power of two choices).
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+    /// `consistentHash`: the same key reaches the same endpoint while the
+    /// endpoint set holds (a Maglev table over the serving endpoints).
+    ConsistentHash(HashKey),
+}
+
+/// What a consistent hash is computed over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(HeaderName),
+    /// With a `ttl`, a request without the cookie gets one set on its
+    /// response, so the client sticks from then on.
+    Cookie {
+        name: String,
+        path: Option<String>,
+        ttl: Option<Duration>,
+    },
+    SourceIp,
+    QueryParam(String),
+}
+
+/// `connectionPool` (Envoy's circuit breakers); `None`: no limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// `tcp.maxConnections`: HTTP/1.1 requests in flight (one connection
+    /// each); more wait as pending.
+    pub max_connections: Option<u32>,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight to an HTTP/2 cluster.
+    pub max_requests: Option<u32>,
+    /// `http.maxRetries`: retries in flight across the cluster.
+    pub max_retries: Option<u32>,
+    /// `http.idleTimeout`: idle upstream connections are closed after it.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `outlierDetection`: endpoints that fail in a row are taken out for a
+/// while (longer each time), at most `max_ejection_percent` of them (but
+/// always at least one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// 5xx answers (and connect failures, resets, timeouts) in a row; 0 off.
+    pub consecutive_5xx: u32,
+    /// 502/503/504 and connect failures in a row; 0 off.
+    pub consecutive_gateway_errors: u32,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    /// Envoy's defaults, which Istio keeps for fields it is not given.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 0,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        }
+    }
+}
+
+/// A cluster's `trafficPolicy` after DestinationRule merging.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPolicy {
+    pub lb: LbPolicy,
+    pub limits: PoolLimits,
+    pub outlier: Option<OutlierPolicy>,
+}
+
 /// Everything a route applies besides its action.
 #[derive(Clone, Debug, Default)]
 pub struct RoutePolicy {

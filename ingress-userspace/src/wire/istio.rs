@@ -339,14 +339,12 @@ pub struct TlsMatchAttributes {
     pub source_namespace: Option<String>,
 }
 
-/// `DestinationRule.spec`. Traffic policies are kept as raw JSON until the
-/// features that read them exist; subsets are typed because clusters are
-/// named after them.
+/// `DestinationRule.spec`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: Option<String>,
-    pub traffic_policy: Option<Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
     pub subsets: Option<Vec<Subset>>,
     pub export_to: Option<Vec<String>>,
     pub workload_selector: Option<Value>,
@@ -358,7 +356,115 @@ pub struct DestinationRuleSpec {
 pub struct Subset {
     pub name: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
-    pub traffic_policy: Option<Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `TrafficPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<Value>,
+    pub port_level_settings: Option<Vec<PortTrafficPolicy>>,
+    pub tunnel: Option<Value>,
+    pub proxy_protocol: Option<Value>,
+    pub retry_budget: Option<Value>,
+}
+
+/// `TrafficPolicy.PortTrafficPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<Value>,
+}
+
+/// `LoadBalancerSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSettings {
+    pub simple: Option<String>,
+    pub consistent_hash: Option<ConsistentHashLb>,
+    pub locality_lb_setting: Option<Value>,
+    pub warmup_duration_secs: Option<String>,
+    pub warmup: Option<Value>,
+}
+
+/// `LoadBalancerSettings.ConsistentHashLB`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<Value>,
+    pub maglev: Option<Value>,
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `ConsistentHashLB.HTTPCookie`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+    pub attributes: Option<Vec<Value>>,
+}
+
+/// `ConnectionPoolSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    pub tcp: Option<TcpPoolSettings>,
+    pub http: Option<HttpPoolSettings>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPoolSettings {
+    pub max_connections: Option<i64>,
+    pub connect_timeout: Option<String>,
+    pub tcp_keepalive: Option<Value>,
+    pub max_connection_duration: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPoolSettings {
+    pub http1_max_pending_requests: Option<i64>,
+    pub http2_max_requests: Option<i64>,
+    pub max_requests_per_connection: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub idle_timeout: Option<String>,
+    pub h2_upgrade_policy: Option<String>,
+    pub use_client_protocol: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
+}
+
+/// `OutlierDetection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub split_external_local_origin_errors: Option<bool>,
+    pub consecutive_local_origin_failures: Option<i64>,
+    pub consecutive_gateway_errors: Option<i64>,
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Deprecated alias of consecutive5xxErrors.
+    pub consecutive_errors: Option<i64>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub min_health_percent: Option<i64>,
 }
 
 /// `ServiceEntry.spec`.
