@@ -695,6 +695,18 @@ impl HttpsResult {
     }
 }
 
+/// What a [`Topology::curl_https_many`] loop saw.
+#[derive(Clone, Debug)]
+pub struct RequestLoop {
+    /// Each request's status, in order (0 for a transfer that failed).
+    pub statuses: Vec<u16>,
+    /// How many connections curl opened in all (1 when every request rode one
+    /// keep-alive connection).
+    pub connects: u32,
+    /// What curl printed on stderr.
+    pub stderr: String,
+}
+
 /// What one `openssl s_client` run printed, parsed.
 #[derive(Clone, Debug)]
 pub struct SClient {
@@ -836,9 +848,9 @@ impl Topology {
     }
 
     /// One curl process that fetches `https://<host>:<port><path>` for every path, at
-    /// most `rate_per_sec` per second, over one keep-alive connection, or with
-    /// `Connection: close` (a new TLS handshake per request) when `new_connections`;
-    /// returns each status (0 for a transfer that failed) and curl's stderr.
+    /// most `rate_per_sec` per second, over one keep-alive connection (h2 by ALPN), or
+    /// with HTTP/1.1 and `Connection: close` (a new TLS handshake per request) when
+    /// `new_connections`.
     ///
     /// `args` are long options without the dashes, applied to every request
     /// (`("cacert", "/path/ca.pem")`). The whole run is bounded by `timeout`.
@@ -852,7 +864,7 @@ impl Topology {
         new_connections: bool,
         rate_per_sec: u32,
         timeout: Duration,
-    ) -> Result<(Vec<u16>, String)> {
+    ) -> Result<RequestLoop> {
         let dir = tempfile::tempdir().context("creating curl temp dir")?;
         let config = dir.path().join("curl.conf");
         let mut text = String::new();
@@ -862,10 +874,12 @@ impl Topology {
             }
             let _ = write!(
                 text,
-                "url = \"https://{host}:{port}{path}\"\nresolve = \"{host}:{port}:{NODE_ADDR}\"\noutput = \"/dev/null\"\nsilent\nshow-error\nmax-time = 10\nwrite-out = \"%{{http_code}}\\n\"\n"
+                "url = \"https://{host}:{port}{path}\"\nresolve = \"{host}:{port}:{NODE_ADDR}\"\noutput = \"/dev/null\"\nsilent\nshow-error\nmax-time = 10\nwrite-out = \"%{{http_code}} %{{num_connects}}\\n\"\n"
             );
             if new_connections {
-                text.push_str("header = \"Connection: close\"\n");
+                // HTTP/1.1: h2 (what curl negotiates by ALPN) has no Connection header
+                // and would multiplex every request on one connection.
+                text.push_str("http1.1\nheader = \"Connection: close\"\n");
             }
             for (key, value) in args {
                 let _ = writeln!(text, "{key} = \"{value}\"");
@@ -875,11 +889,22 @@ impl Topology {
         let mut cmd = self.exec_command(Ns::Client, "curl", ["--rate"]);
         cmd.arg(format!("{rate_per_sec}/s")).arg("-K").arg(&config);
         let out = run_bounded(&mut cmd, timeout)?;
-        let codes = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim().parse::<u16>().unwrap_or(0))
-            .collect();
-        Ok((codes, String::from_utf8_lossy(&out.stderr).into_owned()))
+        let mut result = RequestLoop {
+            statuses: Vec::new(),
+            connects: 0,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut fields = line.split_whitespace();
+            result
+                .statuses
+                .push(fields.next().and_then(|f| f.parse().ok()).unwrap_or(0));
+            result.connects += fields
+                .next()
+                .and_then(|f| f.parse::<u32>().ok())
+                .unwrap_or(0);
+        }
+        Ok(result)
     }
 
     /// `openssl s_client -connect 198.18.0.1:<port> <args>` from the client namespace.
