@@ -245,6 +245,11 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
         "every stream answers 200 over HTTP/2: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let connects: u32 = answers
+        .iter()
+        .filter_map(|a| a.split_whitespace().nth(2)?.parse::<u32>().ok())
+        .sum();
+    assert_eq!(connects, 1, "the streams share one connection: {stdout}");
     // A request body streams through h2 over TLS to the HTTP/1.1 backend.
     let body_file = certs.path().join("body.bin");
     std::fs::write(&body_file, vec![b'x'; 300_000]).unwrap();
