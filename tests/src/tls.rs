@@ -849,8 +849,8 @@ impl Topology {
 
     /// One curl process that fetches `https://<host>:<port><path>` for every path, at
     /// most `rate_per_sec` per second, over one keep-alive connection (h2 by ALPN), or
-    /// with HTTP/1.1 and `Connection: close` (a new TLS handshake per request) when
-    /// `new_connections`.
+    /// with HTTP/1.1 and `Connection: close` (a new, full TLS handshake per request)
+    /// when `new_connections`.
     ///
     /// `args` are long options without the dashes, applied to every request
     /// (`("cacert", "/path/ca.pem")`). The whole run is bounded by `timeout`.
@@ -878,8 +878,9 @@ impl Topology {
             );
             if new_connections {
                 // HTTP/1.1: h2 (what curl negotiates by ALPN) has no Connection header
-                // and would multiplex every request on one connection.
-                text.push_str("http1.1\nheader = \"Connection: close\"\n");
+                // and would multiplex every request on one connection. No session
+                // resumption: each handshake is a full one, certificate included.
+                text.push_str("http1.1\nheader = \"Connection: close\"\nno-sessionid\n");
             }
             for (key, value) in args {
                 let _ = writeln!(text, "{key} = \"{value}\"");

@@ -1558,7 +1558,7 @@ fn rotate_under_load(gw: &TlsGateway, ca_file: &Path, new: &Leaf, rotate: impl F
         // One connection from before the change to after it: established
         // connections keep working.
         ("keep-alive", keepalive, 1..=1),
-        // A handshake per request, many of them with the new certificate.
+        // A full handshake per request, the later ones with the new certificate.
         ("new connections", fresh, 100..=100),
     ] {
         assert_eq!(
