@@ -192,6 +192,18 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
         assert!(xff.contains("198.18.0.2"), "x-forwarded-for: {headers}");
     }
 
+    // The text access log names the SNI (%REQUESTED_SERVER_NAME%, unquoted, where
+    // the authority is quoted with its port).
+    let sni_field = format!(" {COUNTER_HOST} ");
+    gw.daemon
+        .wait_for_output(Duration::from_secs(5), "access-log lines", |out, _| {
+            out.lines()
+                .filter(|l| l.contains("/hello?x=1") && l.contains(&sni_field))
+                .count()
+                >= 2
+        })
+        .unwrap();
+
     // curl negotiates h2 by ALPN, or HTTP/1.1 when told so.
     let mut h2 = ca_args.clone();
     h2.push("--http2".to_owned());
