@@ -303,6 +303,23 @@ fn simple_tls_from_files_serves_the_http_routes_with_alpn() {
         );
     }
 
+    // A client that offers no ALPN speaks HTTP/1.1 and is answered in HTTP/1.1.
+    let s = gw
+        .topo
+        .s_client(
+            8443,
+            &["-servername", COUNTER_HOST],
+            &format!("GET /no-alpn HTTP/1.1\r\nHost: {COUNTER_HOST}\r\nConnection: close\r\n\r\n"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    assert_eq!(s.alpn(), None, "{}", s.report());
+    assert!(
+        s.stdout.contains("HTTP/1.1 200") && s.stdout.contains("\"path\":\"/no-alpn\""),
+        "no HTTP/1.1 answer without ALPN\n{}",
+        s.report()
+    );
+
     // httpsRedirect on the HTTP server.
     let r = gw
         .topo
@@ -1673,8 +1690,10 @@ fn rotation_by_rewriting_the_files_in_place() {
     assert_presented(&s, &rot.old, "before the rotation");
     let new_key = rot.new.key_pem(KeyFormat::Pkcs1).unwrap();
     rotate_under_load(&gw, &rot.ca_file, &rot.new, || {
-        // `cp new.crt tls.crt; cp new.key tls.key`: truncate and write, one file at a time.
+        // `cp new.crt tls.crt; cp new.key tls.key` by hand: truncate and write, one
+        // file at a time, with a pause in between during which the pair does not match.
         std::fs::write(&cert, &rot.new.cert_pem).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
         std::fs::write(&key, &new_key).unwrap();
     });
 }
