@@ -480,20 +480,7 @@ async fn fault(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "fault filter abort",
         ),
-        FaultAbort::Grpc(code) => {
-            let mut response = local_reply(StatusCode::OK, Bytes::new());
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert("grpc-status", HeaderValue::from(code));
-            headers.insert(
-                "grpc-message",
-                HeaderValue::from_static("fault filter abort"),
-            );
-            response
-        }
+        FaultAbort::Grpc(code) => grpc_reply(code, "fault filter abort"),
     })
 }
 
@@ -723,6 +710,11 @@ pub fn grpc_local_reply(status: StatusCode, message: &str) -> Response<ProxyBody
         429 | 502..=504 => 14,
         _ => 2,
     };
+    grpc_reply(code, message)
+}
+
+/// A trailers-only gRPC answer with status `code`.
+fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
     let mut response = local_reply(StatusCode::OK, Bytes::new());
     let headers = response.headers_mut();
     headers.insert(
