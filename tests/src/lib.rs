@@ -15,6 +15,7 @@ pub mod mariadb;
 pub mod proc;
 pub mod root;
 pub mod tcp;
+pub mod tls;
 pub mod topology;
 
 pub use bins::{ingressd_bin, testapp_bin};
