@@ -611,11 +611,11 @@ mod tests {
     #[test]
     fn request_metrics_use_istio_names_and_labels() {
         let m = metrics();
-        let destination = DestinationLabels {
+        let destination = Arc::new(DestinationLabels {
             service: "counter.default.svc.cluster.local".into(),
             name: "counter".into(),
             namespace: "default".into(),
-        };
+        });
         m.record_request(&RequestSample {
             destination: &destination,
             protocol: "http",
