@@ -399,7 +399,11 @@ impl TlsRuntime {
             let mut watch = lock(&self.watch);
             let events = tx.clone();
             match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Our own reads of the files are access events: reacting to
+                // them would reload in a loop.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     let _ = events.send(());
                 }
             }) {
