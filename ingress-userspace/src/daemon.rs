@@ -21,8 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -38,7 +36,7 @@ use crate::kernel::{AttachMode, PortCounterProgram};
 use crate::pipeline::{self, Options};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{self, ConnInfo, Context, ListenerStats};
-use crate::snapshot::{GatewayIdentity, ListenerKind, Snapshot};
+use crate::snapshot::{GatewayIdentity, Snapshot};
 use crate::stats::{Metrics, SourceIdentity};
 
 /// `--kernel`.
@@ -127,6 +125,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         metrics.clone(),
         options.access_log,
     ));
+    // Certificates load before the first listener opens; then their files
+    // are watched for rotation.
+    ctx.tls.apply(&ctx.snapshot.load());
+    let _tls_watcher = ctx.tls.spawn_watcher();
     let state = Arc::new(ServerState::default());
     let quit = Arc::new(Notify::new());
     let admin = Arc::new(Admin {
@@ -256,6 +258,8 @@ async fn reload(
     match build(&options.config_dir, pipeline_options).await {
         Ok(Ok(snapshot)) => {
             let snapshot = Arc::new(snapshot);
+            // New TLS configs are ready before the snapshot naming them is.
+            ctx.tls.apply(&snapshot);
             ctx.snapshot.store(snapshot.clone());
             ctx.balancer
                 .retain(|name| snapshot.clusters.contains_key(name));
@@ -602,7 +606,8 @@ struct ListenerKey {
     node_port: Option<u16>,
     /// The nodePort the kernel steers or forwards instead.
     kernel_node_port: Option<u16>,
-    http: bool,
+    /// `HTTP`, `TCP` or `TLS`: how connections are served.
+    protocol: &'static str,
 }
 
 struct ListenerTask {
@@ -716,7 +721,7 @@ impl Listeners {
                         port: l.port,
                         node_port: node_port.filter(|_| !kernel),
                         kernel_node_port: node_port.filter(|_| kernel),
-                        http: matches!(l.kind, ListenerKind::Http(_)),
+                        protocol: l.kind.protocol(),
                     },
                 )
             })
@@ -772,7 +777,7 @@ impl Listeners {
         }
         let addresses: Vec<SocketAddr> =
             sockets.iter().filter_map(|s| s.local_addr().ok()).collect();
-        let protocol = if key.http { "HTTP" } else { "TCP" };
+        let protocol = key.protocol;
         match (key.node_port, key.kernel_node_port) {
             (Some(node_port), _) if addresses.len() > 1 => info!(
                 listener = %key.name,
@@ -783,7 +788,7 @@ impl Listeners {
                 listener = %key.name,
                 "serving {protocol} on {}; nodePort {node_port} is {} in the kernel",
                 addresses[0],
-                if key.http { "steered to this socket (sk_lookup)" } else { "forwarded (tc)" }
+                if key.protocol == "TCP" { "forwarded (tc)" } else { "steered to this socket (sk_lookup)" }
             ),
             _ => info!(listener = %key.name, "serving {protocol} on {}", addresses[0]),
         }
@@ -791,13 +796,13 @@ impl Listeners {
         let stats = Arc::new(ListenerStats::new(
             &self.ctx.metrics.envoy,
             &key.name,
-            key.http,
+            key.protocol,
         ));
         let task = tokio::spawn(accept_loop(
             self.ctx.clone(),
             sockets,
             key.port,
-            key.http,
+            key.protocol,
             stats,
             stop_rx,
         ));
@@ -876,7 +881,7 @@ async fn accept_loop(
     ctx: Arc<Context>,
     sockets: Vec<TcpListener>,
     listener_port: u16,
-    http: bool,
+    protocol: &'static str,
     stats: Arc<ListenerStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Drain {
@@ -905,28 +910,27 @@ async fn accept_loop(
             listener_port,
             local,
             remote,
+            tls: None,
         };
         stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
         stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let stats = stats.clone();
-        if http {
-            let service_stats = stats.clone();
-            let service = service_fn(move |request| {
-                proxy::http::serve(ctx.clone(), conn, service_stats.clone(), request)
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+        if protocol == "HTTP" {
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, %remote, "downstream connection error");
-                }
+                proxy::http::serve_connection(ctx, conn, stats.clone(), stream, watcher).await;
                 stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+            });
+        } else if protocol == "TLS" {
+            // Passthrough and TLS-terminated TCP connections count for the
+            // drain; HTTPS connections are watched by `graceful`.
+            let guard = tcp.enter();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                proxy::tls::serve(ctx, conn, stream, stats.clone(), watcher).await;
+                stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
             });
         } else {
             let guard = tcp.enter();
@@ -948,13 +952,15 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     use crate::proxy::access_log::AccessLogFormat;
     use crate::snapshot::{
-        Cluster, Discovery, Endpoint, ForwardAction, Listener, Route, RouteAction, RouteConfig,
-        RouteMatch, UpstreamProtocol, VirtualHost, VirtualHostIndex, WeightedCluster,
+        Cluster, Discovery, Endpoint, ForwardAction, Listener, ListenerKind, Route, RouteAction,
+        RouteConfig, RouteMatch, UpstreamProtocol, VirtualHost, VirtualHostIndex, WeightedCluster,
     };
 
     /// A backend that answers `name path host xff xfp` for every request.
@@ -1119,13 +1125,13 @@ mod tests {
         ));
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = socket.local_addr().unwrap();
-        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", true));
+        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", "HTTP"));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(
             ctx.clone(),
             vec![socket],
             8080,
-            true,
+            "HTTP",
             stats,
             stop_rx,
         ));

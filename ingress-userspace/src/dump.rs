@@ -18,8 +18,9 @@ use serde_json::{Map, Value, json};
 
 use crate::model::duration::to_proto_json;
 use crate::snapshot::{
-    Cluster, Discovery, HeaderMatcher, Listener, ListenerKind, PathMatch, Route, RouteAction,
-    RouteConfig, Snapshot, StringMatcher, UpstreamProtocol, VirtualHost, WeightedCluster,
+    CaSource, ChainAction, ClientAuth, Cluster, Discovery, FilterChain, HeaderMatcher, Listener,
+    ListenerKind, PathMatch, Route, RouteAction, RouteConfig, Snapshot, StringMatcher, TcpProxy,
+    TlsContext, TlsVersion, UpstreamProtocol, VirtualHost, WeightedCluster,
 };
 
 const TYPE_PREFIX: &str = "type.googleapis.com/";
@@ -29,9 +30,17 @@ pub fn config_dump(snapshot: &Snapshot) -> Value {
     let route_configs: Vec<&RouteConfig> = snapshot
         .listeners
         .iter()
-        .filter_map(|l| match &l.kind {
-            ListenerKind::Http(rc) => Some(rc),
-            ListenerKind::Tcp(_) => None,
+        .flat_map(|l| match &l.kind {
+            ListenerKind::Http(rc) => vec![rc],
+            ListenerKind::Tcp(_) => Vec::new(),
+            ListenerKind::Tls(tls) => tls
+                .chains
+                .iter()
+                .filter_map(|c| match &c.action {
+                    ChainAction::Http { routes, .. } => Some(routes),
+                    _ => None,
+                })
+                .collect(),
         })
         .collect();
     json!({
@@ -74,48 +83,122 @@ pub fn with_kernel(mut dump: Value, kernel: Value) -> Value {
     dump
 }
 
-fn listener(l: &Listener) -> Value {
-    let filter = match &l.kind {
-        ListenerKind::Http(rc) => json!({
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": format!("{TYPE_PREFIX}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
-                "stat_prefix": format!("outbound_{}", l.name),
-                "rds": { "route_config_name": rc.name },
-            },
-        }),
-        ListenerKind::Tcp(proxy) => {
-            let mut config = Map::new();
+fn http_filter(stat_prefix: &str, rc: &RouteConfig) -> Value {
+    json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": format!("{TYPE_PREFIX}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+            "stat_prefix": format!("outbound_{stat_prefix}"),
+            "rds": { "route_config_name": rc.name },
+        },
+    })
+}
+
+fn tcp_filter(proxy: Option<&TcpProxy>) -> Value {
+    let mut config = Map::new();
+    config.insert(
+        "@type".into(),
+        format!("{TYPE_PREFIX}envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy").into(),
+    );
+    match proxy {
+        Some(proxy) => {
+            config.insert("stat_prefix".into(), proxy.stat_prefix.clone().into());
+            insert_clusters(&mut config, &proxy.clusters);
             config.insert(
-                "@type".into(),
-                format!("{TYPE_PREFIX}envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy")
-                    .into(),
+                "metadata".into(),
+                json!({ "filter_metadata": { "istio": {
+                    "config": istio_config_path(&proxy.origin.virtual_service),
+                    "field": proxy.origin.field,
+                }}}),
             );
-            match proxy {
-                Some(proxy) => {
-                    config.insert("stat_prefix".into(), proxy.stat_prefix.clone().into());
-                    insert_clusters(&mut config, &proxy.clusters);
-                    config.insert(
-                        "metadata".into(),
-                        json!({ "filter_metadata": { "istio": {
-                            "config": istio_config_path(&proxy.origin.virtual_service),
-                            "field": proxy.origin.field,
-                        }}}),
-                    );
-                }
-                None => {
-                    config.insert("stat_prefix".into(), "BlackHoleCluster".into());
-                    config.insert("cluster".into(), "BlackHoleCluster".into());
-                }
+        }
+        None => {
+            config.insert("stat_prefix".into(), "BlackHoleCluster".into());
+            config.insert("cluster".into(), "BlackHoleCluster".into());
+        }
+    }
+    json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": config })
+}
+
+/// Envoy's `DownstreamTlsContext` of a terminating chain (the key material
+/// itself is never dumped; the SDS-style name says where it comes from).
+fn tls_transport_socket(tls: &TlsContext) -> Value {
+    let version = |v: TlsVersion| match v {
+        TlsVersion::V1_2 => "TLSv1_2",
+        TlsVersion::V1_3 => "TLSv1_3",
+    };
+    let mut common = json!({
+        "tls_params": {
+            "tls_minimum_protocol_version": version(tls.min_version),
+            "tls_maximum_protocol_version": version(tls.max_version),
+        },
+        "alpn_protocols": tls.alpn,
+        "tls_certificate_sds_secret_configs": [ { "name": tls.certificate.sds_name() } ],
+    });
+    if !tls.cipher_suites.is_empty() {
+        common["tls_params"]["cipher_suites"] = json!(tls.cipher_suites);
+    }
+    if let Some(ca) = &tls.ca {
+        let name = match ca {
+            CaSource::File(path) => format!("file-root:{}", path.display()),
+            CaSource::Secret { origin, .. } => {
+                format!(
+                    "kubernetes://{}",
+                    origin.rsplit('/').next().unwrap_or(origin)
+                )
             }
-            json!({ "name": "envoy.filters.network.tcp_proxy", "typed_config": config })
+            CaSource::Missing(_) => "-".to_owned(),
+        };
+        common["validation_context_sds_secret_config"] = json!({ "name": name });
+        if !tls.subject_alt_names.is_empty() {
+            common["combined_validation_context"] = json!({ "default_validation_context": {
+                "match_subject_alt_names": tls.subject_alt_names.iter().map(|n| json!({ "exact": n })).collect::<Vec<_>>(),
+            }});
+        }
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": format!("{TYPE_PREFIX}envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
+            "common_tls_context": common,
+            "require_client_certificate": tls.client_auth == ClientAuth::Required,
+        },
+    })
+}
+
+fn filter_chain(l: &Listener, chain: &FilterChain) -> Value {
+    let mut out = json!({ "name": chain.name });
+    if !chain.server_names.is_empty() {
+        out["filter_chain_match"] = json!({ "server_names": chain.server_names });
+    }
+    let filter = match &chain.action {
+        ChainAction::Http { tls, routes } => {
+            out["transport_socket"] = tls_transport_socket(tls);
+            http_filter(&l.name, routes)
+        }
+        ChainAction::Tcp { tls, proxy } => {
+            out["transport_socket"] = tls_transport_socket(tls);
+            tcp_filter(proxy.as_ref())
+        }
+        ChainAction::Passthrough(proxy) => tcp_filter(Some(proxy)),
+    };
+    out["filters"] = json!([filter]);
+    out
+}
+
+fn listener(l: &Listener) -> Value {
+    let chains = match &l.kind {
+        ListenerKind::Http(rc) => json!([ { "filters": [ http_filter(&l.name, rc) ] } ]),
+        ListenerKind::Tcp(proxy) => json!([ { "filters": [ tcp_filter(proxy.as_ref()) ] } ]),
+        ListenerKind::Tls(tls) => {
+            Value::Array(tls.chains.iter().map(|c| filter_chain(l, c)).collect())
         }
     };
-    json!({
+    let mut out = json!({
         "@type": format!("{TYPE_PREFIX}envoy.config.listener.v3.Listener"),
         "name": l.name,
         "address": { "socket_address": { "address": l.address.to_string(), "port_value": l.port } },
-        "filter_chains": [ { "filters": [ filter ] } ],
+        "filter_chains": chains,
         "traffic_direction": "OUTBOUND",
         "metadata": { "filter_metadata": { "ingressd": {
             "protocol": l.kind.protocol(),
@@ -127,7 +210,11 @@ fn listener(l: &Listener) -> Value {
                 "port_name": s.port_name,
             })).collect::<Vec<_>>(),
         }}},
-    })
+    });
+    if matches!(l.kind, ListenerKind::Tls(_)) {
+        out["listener_filters"] = json!([{ "name": "envoy.filters.listener.tls_inspector" }]);
+    }
+    out
 }
 
 /// `cluster` for one destination, `weighted_clusters` for several.

@@ -13,7 +13,8 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::snapshot::{
-    Cluster, Listener, ListenerKind, RequestAttributes, RouteAction, Snapshot, WeightedCluster,
+    ChainAction, ClientAuth, Cluster, Listener, ListenerKind, RequestAttributes, RouteAction,
+    RouteConfig, Snapshot, TcpProxy, WeightedCluster,
 };
 
 /// The request to explain.
@@ -60,6 +61,9 @@ pub enum ExplainError {
     NoHealthyUpstream,
     /// The protocol asked for is not what the listener serves.
     ProtocolMismatch,
+    /// A TLS listener has no filter chain for the SNI: the handshake fails
+    /// (alert `unrecognized_name`).
+    NoFilterChain,
 }
 
 /// One JSON object describing where `query` goes in `snapshot`.
@@ -107,77 +111,129 @@ fn explain_into(
     };
     out.insert("listener".into(), listener_json(listener, query.port));
     match &listener.kind {
-        ListenerKind::Tcp(proxy) => {
-            if query
-                .protocol
+        ListenerKind::Tcp(proxy) => tcp_into(snapshot, proxy.as_ref(), query, out),
+        ListenerKind::Http(rc) => http_into(snapshot, rc, query, query.tls, out),
+        ListenerKind::Tls(tls) => {
+            // curl and browsers send the host as SNI.
+            let sni = query
+                .sni
                 .as_deref()
-                .is_some_and(|p| p.starts_with("http"))
-            {
-                return Some(ExplainError::ProtocolMismatch);
-            }
-            let Some(proxy) = proxy else {
-                return Some(ExplainError::NoRoute);
+                .or(query.host.as_deref())
+                .map(str::to_ascii_lowercase);
+            let Some(chain) = tls.select(sni.as_deref()) else {
+                return Some(ExplainError::NoFilterChain);
             };
-            out.insert(
-                "route".into(),
-                json!({
-                    "virtual_service": proxy.origin.virtual_service,
-                    "field": proxy.origin.field,
-                    "stat_prefix": proxy.stat_prefix,
-                }),
-            );
-            clusters_into(snapshot, &proxy.clusters, out)
-        }
-        ListenerKind::Http(rc) => {
-            if query.protocol.as_deref() == Some("tcp") {
-                return Some(ExplainError::ProtocolMismatch);
-            }
-            out.insert("route_config".into(), rc.name.clone().into());
-            let host = query.host.as_deref().unwrap_or_default();
-            let Some(vhost) = rc.select_virtual_host(host) else {
-                return Some(ExplainError::NoVirtualHost);
+            let mode = match &chain.action {
+                ChainAction::Http { .. } => "terminate_http",
+                ChainAction::Tcp { .. } => "terminate_tcp",
+                ChainAction::Passthrough(_) => "passthrough",
             };
-            out.insert(
-                "virtual_host".into(),
-                json!({ "name": vhost.name, "domains": vhost.domains }),
-            );
-            if vhost.require_tls && !query.tls {
-                return Some(ExplainError::TlsRedirect);
-            }
-            let headers = build_headers(&query.headers);
-            let request = RequestAttributes {
-                method: query.method.as_deref().unwrap_or("GET"),
-                scheme: if query.tls { "https" } else { "http" },
-                authority: host,
-                path: query.path.as_deref().unwrap_or("/"),
-                headers: &headers,
-            };
-            let Some((index, route)) = vhost
-                .routes
-                .iter()
-                .enumerate()
-                .find(|(_, r)| r.matcher.matches(&request))
-            else {
-                return Some(ExplainError::NoRoute);
-            };
-            let mut route_json = crate::dump::route(route);
-            if let Value::Object(map) = &mut route_json {
-                map.insert("index".into(), index.into());
-                if let Some(origin) = &route.origin {
-                    map.insert(
-                        "virtual_service".into(),
-                        origin.virtual_service.clone().into(),
-                    );
-                    map.insert("field".into(), origin.field.clone().into());
+            let mut chain_json = json!({
+                "name": chain.name,
+                "server_names": chain.server_names,
+                "mode": mode,
+            });
+            if let Some(context) = chain.action.tls_context() {
+                chain_json["certificate"] = context.certificate.sds_name().into();
+                chain_json["client_certificate"] = match context.client_auth {
+                    ClientAuth::None => "none",
+                    ClientAuth::Required => "required",
+                    ClientAuth::Optional => "optional",
                 }
+                .into();
+                chain_json["alpn"] = json!(context.alpn);
             }
-            out.insert("route".into(), route_json);
-            match &route.action {
-                RouteAction::Forward(forward) => clusters_into(snapshot, &forward.clusters, out),
-                RouteAction::DirectResponse { .. } => Some(ExplainError::DirectResponse),
-                RouteAction::Redirect(_) => Some(ExplainError::Redirect),
+            out.insert("filter_chain".into(), chain_json);
+            match &chain.action {
+                ChainAction::Http { routes, .. } => http_into(snapshot, routes, query, true, out),
+                ChainAction::Tcp { proxy, .. } => tcp_into(snapshot, proxy.as_ref(), query, out),
+                ChainAction::Passthrough(proxy) => tcp_into(snapshot, Some(proxy), query, out),
             }
         }
+    }
+}
+
+fn tcp_into(
+    snapshot: &Snapshot,
+    proxy: Option<&TcpProxy>,
+    query: &Query,
+    out: &mut Map<String, Value>,
+) -> Option<ExplainError> {
+    if query
+        .protocol
+        .as_deref()
+        .is_some_and(|p| p.starts_with("http"))
+    {
+        return Some(ExplainError::ProtocolMismatch);
+    }
+    let Some(proxy) = proxy else {
+        return Some(ExplainError::NoRoute);
+    };
+    out.insert(
+        "route".into(),
+        json!({
+            "virtual_service": proxy.origin.virtual_service,
+            "field": proxy.origin.field,
+            "stat_prefix": proxy.stat_prefix,
+        }),
+    );
+    clusters_into(snapshot, &proxy.clusters, out)
+}
+
+fn http_into(
+    snapshot: &Snapshot,
+    rc: &RouteConfig,
+    query: &Query,
+    tls: bool,
+    out: &mut Map<String, Value>,
+) -> Option<ExplainError> {
+    if query.protocol.as_deref() == Some("tcp") {
+        return Some(ExplainError::ProtocolMismatch);
+    }
+    out.insert("route_config".into(), rc.name.clone().into());
+    let host = query.host.as_deref().unwrap_or_default();
+    let Some(vhost) = rc.select_virtual_host(host) else {
+        return Some(ExplainError::NoVirtualHost);
+    };
+    out.insert(
+        "virtual_host".into(),
+        json!({ "name": vhost.name, "domains": vhost.domains }),
+    );
+    if vhost.require_tls && !tls {
+        return Some(ExplainError::TlsRedirect);
+    }
+    let headers = build_headers(&query.headers);
+    let request = RequestAttributes {
+        method: query.method.as_deref().unwrap_or("GET"),
+        scheme: if tls { "https" } else { "http" },
+        authority: host,
+        path: query.path.as_deref().unwrap_or("/"),
+        headers: &headers,
+    };
+    let Some((index, route)) = vhost
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matcher.matches(&request))
+    else {
+        return Some(ExplainError::NoRoute);
+    };
+    let mut route_json = crate::dump::route(route);
+    if let Value::Object(map) = &mut route_json {
+        map.insert("index".into(), index.into());
+        if let Some(origin) = &route.origin {
+            map.insert(
+                "virtual_service".into(),
+                origin.virtual_service.clone().into(),
+            );
+            map.insert("field".into(), origin.field.clone().into());
+        }
+    }
+    out.insert("route".into(), route_json);
+    match &route.action {
+        RouteAction::Forward(forward) => clusters_into(snapshot, &forward.clusters, out),
+        RouteAction::DirectResponse { .. } => Some(ExplainError::DirectResponse),
+        RouteAction::Redirect(_) => Some(ExplainError::Redirect),
     }
 }
 

@@ -269,7 +269,7 @@ pub fn plan(snapshot: &Snapshot, previous: &Ids, limits: Limits) -> KernelPlan {
                 "{}: TCP server without a route: closed in userspace",
                 listener.name
             )),
-            ListenerKind::Http(_) => {
+            ListenerKind::Http(_) | ListenerKind::Tls(_) => {
                 let Some(node_port) = listener.node_port.filter(|&n| n != listener.port) else {
                     continue;
                 };

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `kernel_plan`, `explain`,
-//! `dump` and `pipeline` are pure: no tokio, hyper or aya.
+//! `dump`, `pipeline` and `tls::names` are pure: no tokio, hyper or aya.
 
 pub mod admin;
 pub mod analyze;
@@ -28,4 +28,5 @@ pub mod pipeline;
 pub mod proxy;
 pub mod snapshot;
 pub mod stats;
+pub mod tls;
 pub mod wire;

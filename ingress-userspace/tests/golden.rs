@@ -24,7 +24,7 @@ fn cases() -> Vec<PathBuf> {
     cases
 }
 
-/// Parses one `queries.txt` line: `port=80 host=a.com path=/x method=GET tls header=k:v`.
+/// Parses one `queries.txt` line: `port=80 host=a.com path=/x method=GET tls sni=a.com header=k:v`.
 fn parse_query(line: &str) -> Query {
     let mut query = Query::default();
     for word in line.split_whitespace() {
@@ -36,6 +36,10 @@ fn parse_query(line: &str) -> Query {
             "method" => query.method = Some(value.to_owned()),
             "protocol" => query.protocol = Some(value.to_owned()),
             "tls" => query.tls = true,
+            "sni" => {
+                query.tls = true;
+                query.sni = Some(value.to_owned());
+            }
             "header" => {
                 let (k, v) = value.split_once(':').expect("header=name:value");
                 query.headers.push((k.to_owned(), v.to_owned()));

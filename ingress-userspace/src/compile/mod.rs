@@ -24,9 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::diag::{Diagnostic, Diagnostics};
+use std::path::PathBuf;
+
 use crate::model::{
     self, Destination, Gateway, Host, HttpAction, HttpMatch, Model, RouteDestination, Server,
-    TargetPort, VirtualService,
+    TargetPort, TlsMode, VirtualService,
+};
+use crate::snapshot::{
+    CaSource, CertificateSource, ChainAction, ClientAuth, FilterChain, TlsContext, TlsListener,
+    TlsVersion,
 };
 use crate::snapshot::{
     Cluster, Discovery, Endpoint, ForwardAction, GatewayIdentity, HeaderMatcher, Listener,
@@ -155,8 +161,20 @@ struct PortGroup<'m> {
     port: u16,
     service_port: u16,
     node_port: Option<u16>,
-    http: bool,
+    class: PortClass,
     servers: Vec<(&'m Gateway, &'m Server)>,
+}
+
+/// What kind of listener a server needs; servers of one class (but TCP)
+/// share a port, servers of different classes conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortClass {
+    /// Plaintext HTTP: one route configuration for the port.
+    Http,
+    /// HTTPS and TLS: one filter chain per server (or per SNI route).
+    Tls,
+    /// Plain TCP: one server per port.
+    Tcp,
 }
 
 impl<'a> Compiler<'a> {
@@ -180,12 +198,20 @@ impl<'a> Compiler<'a> {
             for server in &gateway.servers {
                 let field = format!("spec.servers[{}]", server.index);
                 let protocol = server.port.protocol;
-                if protocol.requires_tls() {
-                    self.warn(&gateway.meta, "gateway", field, format!(
-                        "{} servers are not served yet (TLS termination and passthrough come with TLS support); port {} is not opened",
-                        protocol.as_str(), server.port.number));
-                    continue;
-                }
+                let class = if protocol.is_plain_http() {
+                    PortClass::Http
+                } else if protocol.requires_tls() {
+                    match server.tls.as_ref().map(|t| t.mode) {
+                        Some(TlsMode::AutoPassthrough | TlsMode::IstioMutual) => {
+                            self.warn(&gateway.meta, "gateway", format!("{field}.tls.mode"),
+                                "AUTO_PASSTHROUGH and ISTIO_MUTUAL are for mesh-internal (east-west) gateways and are not served here; this server is ignored".to_owned());
+                            continue;
+                        }
+                        _ => PortClass::Tls,
+                    }
+                } else {
+                    PortClass::Tcp
+                };
                 let (port, node_port) = match service
                     .and_then(|s| s.ports.iter().find(|p| p.port == server.port.number))
                 {
@@ -201,9 +227,10 @@ impl<'a> Compiler<'a> {
                     None => (server.port.number, None),
                 };
                 let bind = server.bind.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                let http = protocol.is_plain_http();
                 match groups.iter_mut().find(|g| g.port == port && g.bind == bind) {
-                    Some(group) if group.http && http => group.servers.push((gateway, server)),
+                    Some(group) if group.class == class && class != PortClass::Tcp => {
+                        group.servers.push((gateway, server));
+                    }
                     Some(group) => {
                         let (other_gw, other) = group.servers[0];
                         self.warn(&gateway.meta, "gateway", field, format!(
@@ -215,7 +242,7 @@ impl<'a> Compiler<'a> {
                         port,
                         service_port: server.port.number,
                         node_port,
-                        http,
+                        class,
                         servers: vec![(gateway, server)],
                     }),
                 }
@@ -233,17 +260,28 @@ impl<'a> Compiler<'a> {
                     port_name: s.port.name.clone(),
                 })
                 .collect();
-            let kind = if group.http {
-                ListenerKind::Http(self.route_config(&group))
-            } else {
-                match self.tcp_proxy(&group) {
-                    Some(proxy) => ListenerKind::Tcp(Some(proxy)),
-                    None => {
-                        let (gateway, server) = group.servers[0];
-                        self.warn(&gateway.meta, "gateway", format!("spec.servers[{}]", server.index), format!(
+            let kind = match group.class {
+                PortClass::Http => {
+                    let name = match group.bind {
+                        IpAddr::V4(ip) if ip.is_unspecified() => format!("http.{}", group.port),
+                        bind => format!("http.{}.{bind}", group.port),
+                    };
+                    ListenerKind::Http(self.route_config(name, &group.servers, group.service_port))
+                }
+                PortClass::Tls => match self.tls_listener(&group) {
+                    Some(tls) => ListenerKind::Tls(tls),
+                    None => continue,
+                },
+                PortClass::Tcp => {
+                    let (gateway, server) = group.servers[0];
+                    match self.tcp_proxy(gateway, server) {
+                        Some(proxy) => ListenerKind::Tcp(Some(proxy)),
+                        None => {
+                            self.warn(&gateway.meta, "gateway", format!("spec.servers[{}]", server.index), format!(
                             "no VirtualService tcp route matches this TCP server; port {} is not opened (as Istio omits the listener)",
                             group.port));
-                        continue;
+                            continue;
+                        }
                     }
                 }
             };
@@ -260,18 +298,22 @@ impl<'a> Compiler<'a> {
         listeners
     }
 
-    fn route_config(&mut self, group: &PortGroup<'a>) -> RouteConfig {
+    /// The route configuration `name` of HTTP servers sharing a port (or of
+    /// one HTTPS server).
+    fn route_config(
+        &mut self,
+        name: String,
+        servers: &[(&'a Gateway, &'a Server)],
+        service_port: u16,
+    ) -> RouteConfig {
         let model = self.model;
-        let name = match group.bind {
-            IpAddr::V4(ip) if ip.is_unspecified() => format!("http.{}", group.port),
-            bind => format!("http.{}.{bind}", group.port),
-        };
         // hostname -> vhost, in creation order; sorted by name at the end.
         let mut vhosts: Vec<VirtualHost> = Vec::new();
         let mut by_host: HashMap<String, usize> = HashMap::new();
-        for &(gateway, server) in &group.servers {
+        for &(gateway, server) in servers {
             let gateway_name = gateway.meta.key();
-            let redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
+            let redirect = server.port.protocol.is_plain_http()
+                && server.tls.as_ref().is_some_and(|t| t.https_redirect);
             for vs in model
                 .virtual_services
                 .iter()
@@ -307,7 +349,7 @@ impl<'a> Compiler<'a> {
             // No VirtualService binds to any server of this port: every
             // request answers 404 (Envoy's NR on an empty route list).
             vhosts.push(VirtualHost {
-                name: format!("blackhole:{}", group.service_port),
+                name: format!("blackhole:{service_port}"),
                 domains: vec!["*".to_owned()],
                 routes: Vec::new(),
                 require_tls: false,
@@ -327,6 +369,319 @@ impl<'a> Compiler<'a> {
             virtual_hosts: vhosts,
             index,
         }
+    }
+
+    /// The filter chains of HTTPS/TLS servers sharing a port, in server
+    /// order. A server name claimed by an earlier chain is dropped from a
+    /// later one (Envoy refuses duplicate SNI matches; Istio keeps the first).
+    fn tls_listener(&mut self, group: &PortGroup<'a>) -> Option<TlsListener> {
+        let mut chains: Vec<FilterChain> = Vec::new();
+        for &(gateway, server) in &group.servers {
+            let field = format!("spec.servers[{}]", server.index);
+            let Some(tls) = server.tls.as_ref() else {
+                continue;
+            };
+            let mut candidates: Vec<(FilterChain, &model::Meta, String, &str)> = Vec::new();
+            match tls.mode {
+                TlsMode::Passthrough => {
+                    let found = self.passthrough_chains(gateway, server);
+                    if found.is_empty() {
+                        self.warn(&gateway.meta, "gateway", field.clone(), format!(
+                            "no VirtualService tls route (sniHosts) matches this PASSTHROUGH server; it takes no connections on port {}",
+                            group.port));
+                    }
+                    for (chain, vs, vs_field) in found {
+                        candidates.push((chain, &vs.meta, vs_field, "virtualservice"));
+                    }
+                }
+                TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual => {
+                    let context = Arc::new(self.tls_context(gateway, server, tls));
+                    let name = format!("{} {field}", gateway.meta.key());
+                    let action = if server.port.protocol == model::Protocol::Https {
+                        let routes = self.route_config(
+                            https_route_name(gateway, server),
+                            &[(gateway, server)],
+                            server.port.number,
+                        );
+                        ChainAction::Http {
+                            tls: context,
+                            routes,
+                        }
+                    } else {
+                        let proxy = self.tcp_proxy(gateway, server);
+                        if proxy.is_none() {
+                            self.warn(&gateway.meta, "gateway", field.clone(), format!(
+                                "no VirtualService tcp route matches this TLS server; connections on port {} are closed after the handshake",
+                                group.port));
+                        }
+                        ChainAction::Tcp {
+                            tls: context,
+                            proxy,
+                        }
+                    };
+                    candidates.push((
+                        FilterChain {
+                            name,
+                            server_names: server_names(server),
+                            action,
+                        },
+                        &gateway.meta,
+                        format!("{field}.hosts"),
+                        "gateway",
+                    ));
+                }
+                TlsMode::AutoPassthrough | TlsMode::IstioMutual => {}
+            }
+            for (mut chain, meta, cfield, kind) in candidates {
+                let claimed = |n: &str, chains: &[FilterChain]| {
+                    chains.iter().any(|c| c.server_names.iter().any(|m| m == n))
+                };
+                if chain.server_names.is_empty() {
+                    if let Some(other) = chains.iter().find(|c| c.server_names.is_empty()) {
+                        self.warn(meta, kind, cfield, format!(
+                            "port {}: every server name is already taken by {}; this filter chain is dropped",
+                            group.port, other.name));
+                        continue;
+                    }
+                } else {
+                    let (kept, dropped): (Vec<String>, Vec<String>) = chain
+                        .server_names
+                        .into_iter()
+                        .partition(|n| !claimed(n, &chains));
+                    if !dropped.is_empty() {
+                        self.warn(meta, kind, cfield.clone(), format!(
+                            "port {}: server name(s) {} already belong to an earlier filter chain; left out of this one",
+                            group.port, dropped.join(", ")));
+                    }
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    chain.server_names = kept;
+                }
+                chains.push(chain);
+            }
+        }
+        if chains.is_empty() {
+            let (gateway, server) = group.servers[0];
+            self.warn(
+                &gateway.meta,
+                "gateway",
+                format!("spec.servers[{}]", server.index),
+                format!(
+                    "no filter chain can be built for port {}; it is not opened",
+                    group.port
+                ),
+            );
+            return None;
+        }
+        Some(TlsListener { chains })
+    }
+
+    /// Istio's `buildGatewayNetworkFiltersFromTLSRoutes`: one chain per
+    /// `tls[].match` of a VirtualService bound to the server, its SNI hosts
+    /// narrowed to the server's hosts.
+    fn passthrough_chains(
+        &mut self,
+        gateway: &'a Gateway,
+        server: &'a Server,
+    ) -> Vec<(FilterChain, &'a VirtualService, String)> {
+        let model = self.model;
+        let gateway_name = gateway.meta.key();
+        let mut out = Vec::new();
+        for vs in model
+            .virtual_services
+            .iter()
+            .filter(|vs| vs.binds_to(&gateway_name))
+        {
+            if matching_hosts(server, vs).is_empty() {
+                continue;
+            }
+            for route in &vs.tls {
+                for m in &route.matches {
+                    if m.port.is_some_and(|p| p != server.port.number)
+                        || (!m.gateways.is_empty() && !m.gateways.contains(&gateway_name))
+                    {
+                        continue;
+                    }
+                    let mut names: Vec<String> = Vec::new();
+                    for sni in &m.sni_hosts {
+                        for server_host in server
+                            .hosts
+                            .iter()
+                            .filter(|h| h.admits_namespace(&vs.meta.namespace))
+                        {
+                            if let Some(host) = Host::intersect(&server_host.host, sni) {
+                                let host = host.as_str().to_owned();
+                                if !names.contains(&host) {
+                                    names.push(host);
+                                }
+                            }
+                        }
+                    }
+                    if names.is_empty() {
+                        continue;
+                    }
+                    // `*` takes every name: a chain without server names.
+                    if names.iter().any(|n| n == "*") {
+                        names.clear();
+                    }
+                    let clusters = self.weighted_clusters(&route.destinations, server.port.number);
+                    if clusters.is_empty() {
+                        continue;
+                    }
+                    let field = format!("spec.tls[{}].match[{}]", route.index, m.index);
+                    let stat_prefix = if clusters.len() == 1 {
+                        clusters[0].name.clone()
+                    } else {
+                        format!("{}.tls", vs.meta.key())
+                    };
+                    out.push((
+                        FilterChain {
+                            name: format!("{} {field}", vs.meta.key()),
+                            server_names: names,
+                            action: ChainAction::Passthrough(TcpProxy {
+                                clusters,
+                                stat_prefix,
+                                origin: RouteOrigin {
+                                    virtual_service: vs.meta.key(),
+                                    field: field.clone(),
+                                },
+                            }),
+                        },
+                        vs,
+                        format!("{field}.sniHosts"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The TLS settings of a terminating server, with its certificate and CA
+    /// resolved to files or Secret data (never read here: the daemon loads,
+    /// validates and watches them).
+    fn tls_context(
+        &mut self,
+        gateway: &'a Gateway,
+        server: &'a Server,
+        tls: &model::ServerTls,
+    ) -> TlsContext {
+        let field = format!("spec.servers[{}].tls", server.index);
+        let client_auth = match tls.mode {
+            TlsMode::Mutual => ClientAuth::Required,
+            TlsMode::OptionalMutual => ClientAuth::Optional,
+            _ => ClientAuth::None,
+        };
+        let (certificate, mut ca) = match tls.credential_name.as_deref().filter(|c| !c.is_empty()) {
+            Some(credential) => self.credential(gateway, &field, credential, client_auth),
+            None => (
+                match (&tls.server_certificate, &tls.private_key) {
+                    (Some(cert), Some(key)) => CertificateSource::Files {
+                        cert: PathBuf::from(cert),
+                        key: PathBuf::from(key),
+                    },
+                    _ => CertificateSource::Missing(
+                        "serverCertificate and privateKey are required".to_owned(),
+                    ),
+                },
+                tls.ca_certificates
+                    .as_ref()
+                    .map(|ca| CaSource::File(PathBuf::from(ca))),
+            ),
+        };
+        if client_auth == ClientAuth::None {
+            ca = None;
+        } else if ca.is_none() {
+            ca = Some(CaSource::Missing(
+                "client certificates are asked for but no CA is configured".to_owned(),
+            ));
+        }
+        let version = |v: Option<model::TlsVersion>, default: TlsVersion| match v {
+            Some(model::TlsVersion::V1_2) => TlsVersion::V1_2,
+            Some(model::TlsVersion::V1_3) => TlsVersion::V1_3,
+            Some(model::TlsVersion::Auto) | None => default,
+        };
+        let alpn = if server.port.protocol == model::Protocol::Https {
+            vec!["h2".to_owned(), "http/1.1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        TlsContext {
+            name: format!("{} spec.servers[{}]", gateway.meta.key(), server.index),
+            client_auth,
+            certificate,
+            ca,
+            subject_alt_names: tls.subject_alt_names.clone(),
+            min_version: version(tls.min_protocol_version, TlsVersion::V1_2),
+            max_version: version(tls.max_protocol_version, TlsVersion::V1_3),
+            cipher_suites: tls.cipher_suites.clone(),
+            alpn,
+        }
+    }
+
+    /// Istio's credentialName lookup: a Secret in the gateway workload's
+    /// namespace with `tls.crt`/`tls.key` (type kubernetes.io/tls) or
+    /// `cert`/`key` (generic), the CA in `ca.crt`/`cacert` of the same
+    /// Secret or of `<name>-cacert`.
+    fn credential(
+        &mut self,
+        gateway: &'a Gateway,
+        field: &str,
+        credential: &str,
+        client_auth: ClientAuth,
+    ) -> (CertificateSource, Option<CaSource>) {
+        let namespace = self.identity.namespace.clone();
+        let find = |name: &str| {
+            self.model
+                .secrets
+                .iter()
+                .find(|s| s.meta.namespace == namespace && s.meta.name == name)
+        };
+        let origin = format!("{namespace}/{credential}");
+        let ca_of = |secret: &model::Secret| {
+            ["ca.crt", "cacert"]
+                .iter()
+                .find_map(|k| secret.data.get(*k))
+                .map(|pem| CaSource::Secret {
+                    origin: secret.meta.key(),
+                    pem: pem.clone(),
+                })
+        };
+        let Some(secret) = find(credential) else {
+            self.warn(&gateway.meta, "gateway", format!("{field}.credentialName"), format!(
+                "Secret {origin} not found (credentialName Secrets are read from the gateway namespace {namespace}); handshakes for this server fail until it exists"));
+            return (
+                CertificateSource::Missing(format!("Secret {origin} not found")),
+                None,
+            );
+        };
+        let pair = [("tls.crt", "tls.key"), ("cert", "key")]
+            .iter()
+            .find_map(|(c, k)| Some((secret.data.get(*c)?, secret.data.get(*k)?)));
+        let certificate = match pair {
+            Some((cert, key)) => CertificateSource::Secret {
+                origin: origin.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => {
+                self.warn(&gateway.meta, "gateway", format!("{field}.credentialName"), format!(
+                    "Secret {origin} has neither tls.crt/tls.key nor cert/key; handshakes for this server fail"));
+                CertificateSource::Missing(format!("Secret {origin} has no certificate and key"))
+            }
+        };
+        let ca = if client_auth == ClientAuth::None {
+            None
+        } else {
+            let ca =
+                ca_of(secret).or_else(|| find(&format!("{credential}-cacert")).and_then(ca_of));
+            if ca.is_none() {
+                self.warn(&gateway.meta, "gateway", format!("{field}.credentialName"), format!(
+                    "no CA for client certificates: neither Secret {origin} (ca.crt or cacert) nor {origin}-cacert has one; handshakes for this server fail"));
+            }
+            ca
+        };
+        (certificate, ca)
     }
 
     /// The Envoy routes of one VirtualService for one gateway server, as
@@ -479,9 +834,10 @@ impl<'a> Compiler<'a> {
         Vec::new()
     }
 
-    fn tcp_proxy(&mut self, group: &PortGroup<'a>) -> Option<TcpProxy> {
+    /// The TCP proxy of a TCP server (or a terminating TLS server): the
+    /// first `tcp[]` route whose match passes.
+    fn tcp_proxy(&mut self, gateway: &'a Gateway, server: &'a Server) -> Option<TcpProxy> {
         let model = self.model;
-        let (gateway, server) = group.servers[0];
         let gateway_name = gateway.meta.key();
         for vs in model
             .virtual_services
@@ -681,6 +1037,35 @@ impl<'a> Compiler<'a> {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         })
     }
+}
+
+/// Istio's route configuration name of an HTTPS server:
+/// `https.<port>.<port name>.<gateway>.<namespace>`.
+fn https_route_name(gateway: &Gateway, server: &Server) -> String {
+    let mut name = format!(
+        "https.{}.{}.{}.{}",
+        server.port.number, server.port.name, gateway.meta.name, gateway.meta.namespace
+    );
+    if let Some(bind) = server.bind {
+        name = format!("{name}.{bind}");
+    }
+    name
+}
+
+/// The SNI names of a terminating server: its hosts without namespaces;
+/// none (any name, or no SNI) when a host is `*`.
+fn server_names(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for h in &server.hosts {
+        let name = h.host.as_str();
+        if name == "*" {
+            return Vec::new();
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// The index of the virtual host for `host`, created empty when new.

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
 use crate::snapshot::{Pattern, StringMatcher};
+use crate::tls::names::{CipherName, classify_cipher};
 use crate::wire::{self, Object, istio, k8s};
 
 pub use host::Host;
@@ -60,6 +61,7 @@ pub struct Model {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub pods: Vec<Pod>,
+    pub secrets: Vec<Secret>,
 }
 
 /// A Gateway: which workloads it selects and the servers it configures.
@@ -207,8 +209,8 @@ pub struct VirtualService {
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
-    /// Number of `tls[]` routes (served once TLS passthrough exists).
-    pub tls_routes: usize,
+    /// `tls[]`: SNI routes of passthrough servers.
+    pub tls: Vec<TlsRoute>,
 }
 
 impl VirtualService {
@@ -319,6 +321,33 @@ pub struct TcpRoute {
     pub index: usize,
     pub matches: Vec<L4Match>,
     pub destinations: Vec<RouteDestination>,
+}
+
+/// `tls[]`.
+#[derive(Clone, Debug)]
+pub struct TlsRoute {
+    pub index: usize,
+    pub matches: Vec<TlsMatch>,
+    pub destinations: Vec<RouteDestination>,
+}
+
+/// `tls[].match[]`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsMatch {
+    pub index: usize,
+    /// Required, non-empty; each within the VirtualService's hosts.
+    pub sni_hosts: Vec<Host>,
+    pub port: Option<u16>,
+    pub gateways: Vec<String>,
+}
+
+/// A Secret holding TLS material (`credentialName`), data decoded.
+#[derive(Clone, Debug)]
+pub struct Secret {
+    pub meta: Meta,
+    /// `type`, e.g. `kubernetes.io/tls` or `Opaque`.
+    pub type_: String,
+    pub data: BTreeMap<String, Vec<u8>>,
 }
 
 /// `tcp[].match[]`.
@@ -625,6 +654,7 @@ pub fn build(wire: &wire::WireConfig, diagnostics: &mut Diagnostics) -> Model {
         model.endpoint_slices
     );
     convert_all!(wire.pods, "pod", convert_pod, model.pods);
+    convert_all!(wire.secrets, "secret", convert_secret, model.secrets);
     model
         .gateways
         .sort_by(|a, b| a.meta.istio_order().cmp(&b.meta.istio_order()));
@@ -855,6 +885,37 @@ fn convert_server_tls(tls: &istio::ServerTls, field: &str, ctx: &mut Ctx<'_>) ->
             "minProtocolVersion is above maxProtocolVersion",
         );
     }
+    let mut cipher_suites = Vec::new();
+    for (i, name) in tls.cipher_suites.iter().flatten().enumerate() {
+        let cfield = format!("{field}.cipherSuites[{i}]");
+        match classify_cipher(name) {
+            CipherName::Tls12(canonical) => cipher_suites.push(canonical.to_owned()),
+            CipherName::Tls13(_) => ctx.warning(cfield, format!(
+                "{name} is a TLS 1.3 suite; cipherSuites restricts TLS 1.2 only (TLS 1.3 suites are always enabled, as in Envoy); ignored")),
+            CipherName::Unsupported => ctx.warning(cfield, format!(
+                "cipher suite {name:?} is not supported (the gateway serves ECDHE with AES-GCM or ChaCha20-Poly1305 only); ignored")),
+            CipherName::Unknown => ctx.warning(cfield, format!(
+                "unknown cipher suite {name:?}; ignored")),
+        }
+    }
+    if cipher_suites.is_empty() && tls.cipher_suites.as_ref().is_some_and(|c| !c.is_empty()) {
+        ctx.warning(
+            format!("{field}.cipherSuites"),
+            "no supported TLS 1.2 cipher suite is listed; the default suites are used",
+        );
+    }
+    if tls.ca_crl.is_some() {
+        ctx.warning(
+            format!("{field}.caCrl"),
+            "certificate revocation lists are not supported yet; ignored",
+        );
+    }
+    if tls.credential_names.as_ref().is_some_and(|c| !c.is_empty()) {
+        ctx.warning(
+            format!("{field}.credentialNames"),
+            "not supported yet (use credentialName); ignored",
+        );
+    }
     Some(ServerTls {
         https_redirect,
         mode,
@@ -865,7 +926,7 @@ fn convert_server_tls(tls: &istio::ServerTls, field: &str, ctx: &mut Ctx<'_>) ->
         subject_alt_names: tls.subject_alt_names.clone().unwrap_or_default(),
         min_protocol_version,
         max_protocol_version,
-        cipher_suites: tls.cipher_suites.clone().unwrap_or_default(),
+        cipher_suites,
     })
 }
 
@@ -960,13 +1021,92 @@ fn convert_virtual_service(
             destinations,
         });
     }
+    let mut tls = Vec::new();
+    for (i, route) in spec.tls.as_deref().unwrap_or_default().iter().enumerate() {
+        let field = format!("spec.tls[{i}]");
+        let raw_matches = route.matches.as_deref().unwrap_or_default();
+        if raw_matches.is_empty() {
+            ctx.error(
+                format!("{field}.match"),
+                "a tls route needs at least one match with sniHosts",
+            );
+        }
+        let mut matches = Vec::new();
+        for (m, raw) in raw_matches.iter().enumerate() {
+            let mfield = format!("{field}.match[{m}]");
+            let mut sni_hosts = Vec::new();
+            let raw_sni = raw.sni_hosts.as_deref().unwrap_or_default();
+            if raw_sni.is_empty() {
+                ctx.error(
+                    format!("{mfield}.sniHosts"),
+                    "required: at least one SNI host",
+                );
+            }
+            for (h, sni) in raw_sni.iter().enumerate() {
+                let hfield = format!("{mfield}.sniHosts[{h}]");
+                let resolved = host::resolve_short_name(sni, namespace, CLUSTER_DOMAIN);
+                let Some(sni_host) = ctx.host(&resolved, &hfield) else {
+                    continue;
+                };
+                if !hosts
+                    .iter()
+                    .any(|vs_host: &Host| sni_host.subset_of(vs_host))
+                {
+                    ctx.error(
+                        hfield,
+                        format!("SNI host {sni:?} is not within any of the VirtualService's hosts"),
+                    );
+                    continue;
+                }
+                sni_hosts.push(sni_host);
+            }
+            let port = raw
+                .port
+                .and_then(|p| ctx.port(p, &format!("{mfield}.port")));
+            let gateways = raw
+                .gateways
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| host::resolve_gateway_name(g, namespace))
+                .collect();
+            if raw.destination_subnets.is_some() {
+                ctx.warning(
+                    format!("{mfield}.destinationSubnets"),
+                    "not supported at the gateway yet; ignored",
+                );
+            }
+            matches.push(TlsMatch {
+                index: m,
+                sni_hosts,
+                port,
+                gateways,
+            });
+        }
+        let destinations = convert_destinations(
+            route
+                .route
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|d| (&d.destination, d.weight)),
+            &field,
+            namespace,
+            ctx,
+        );
+        tls.push(TlsRoute {
+            index: i,
+            matches,
+            destinations,
+        });
+    }
     Some(VirtualService {
         meta: meta(object),
         hosts,
         gateways,
         http,
         tcp,
-        tls_routes: spec.tls.as_ref().map_or(0, Vec::len),
+        tls,
     })
 }
 
@@ -1561,6 +1701,31 @@ fn convert_endpoint_slice(
         service,
         endpoints,
         ports,
+    })
+}
+
+fn convert_secret(object: &Object<k8s::SecretBody>, ctx: &mut Ctx<'_>) -> Option<Secret> {
+    use base64::Engine as _;
+    let body = &object.body;
+    let mut data = BTreeMap::new();
+    for (key, value) in body.data.iter().flatten() {
+        // The API server stores base64 without line breaks; YAML written by
+        // hand often wraps it.
+        let compact: String = value.split_ascii_whitespace().collect();
+        match base64::engine::general_purpose::STANDARD.decode(compact) {
+            Ok(bytes) => {
+                data.insert(key.clone(), bytes);
+            }
+            Err(err) => ctx.error(format!("data.{key}"), format!("invalid base64: {err}")),
+        }
+    }
+    for (key, value) in body.string_data.iter().flatten() {
+        data.insert(key.clone(), value.clone().into_bytes());
+    }
+    Some(Secret {
+        meta: meta(object),
+        type_: body.type_.clone().unwrap_or_else(|| "Opaque".to_owned()),
+        data,
     })
 }
 

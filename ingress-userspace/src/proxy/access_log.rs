@@ -9,7 +9,12 @@
 //! "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
 //! %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
 //! %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+//! %DOWNSTREAM_TLS_VERSION% %DOWNSTREAM_TLS_CIPHER% "%DOWNSTREAM_PEER_SUBJECT%"
 //! ```
+//!
+//! The last three fields are appended to Istio's default line (everything
+//! before them is at the same position), so the TLS session of a request is
+//! in the log without a custom format.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -81,6 +86,11 @@ pub struct AccessRecord {
     pub downstream_remote: SocketAddr,
     pub server_name: Option<String>,
     pub route_name: Option<String>,
+    /// `%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_TLS_CIPHER%`,
+    /// `%DOWNSTREAM_PEER_SUBJECT%`.
+    pub tls_version: Option<&'static str>,
+    pub tls_cipher: Option<&'static str>,
+    pub peer_subject: Option<String>,
 }
 
 impl AccessRecord {
@@ -115,7 +125,18 @@ impl AccessRecord {
             downstream_remote,
             server_name: None,
             route_name: None,
+            tls_version: None,
+            tls_cipher: None,
+            peer_subject: None,
         }
+    }
+
+    /// Fills the TLS fields from the connection's session.
+    pub fn set_tls(&mut self, tls: &super::TlsConnInfo) {
+        self.server_name = tls.sni.clone();
+        self.tls_version = tls.version;
+        self.tls_cipher = tls.cipher;
+        self.peer_subject = tls.peer_subject.clone();
     }
 
     /// Envoy's default text line (without the newline).
@@ -129,7 +150,7 @@ impl AccessRecord {
         let mut out = String::with_capacity(256);
         let _ = write!(
             out,
-            "[{}] \"{} {} {}\" {} {} {} {} \"{}\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
+            "[{}] \"{} {} {}\" {} {} {} {} \"{}\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {} {} {} \"{}\"",
             format_start_time(self.start),
             opt(&self.method),
             opt(&self.path),
@@ -157,6 +178,9 @@ impl AccessRecord {
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .unwrap_or("-"),
+            self.tls_version.unwrap_or("-"),
+            self.tls_cipher.unwrap_or("-"),
+            opt(&self.peer_subject),
         );
         out
     }
@@ -188,6 +212,9 @@ impl AccessRecord {
             "downstream_remote_address": self.downstream_remote.to_string(),
             "requested_server_name": self.server_name,
             "route_name": self.route_name,
+            "downstream_tls_version": self.tls_version,
+            "downstream_tls_cipher": self.tls_cipher,
+            "downstream_peer_subject": self.peer_subject,
         })
         .to_string()
     }
@@ -265,7 +292,7 @@ mod tests {
             "[2023-11-14T22:13:20.000Z] \"GET /api?x=1 HTTP/1.1\" 200 - via_upstream - \"-\" 0 12 5 4 \
              \"198.18.0.1\" \"curl/8\" \"id-1\" \"counter.example.com\" \"198.18.1.10:8080\" \
              outbound|80||counter.default.svc.cluster.local 198.18.1.1:50000 198.18.0.2:8080 \
-             198.18.0.1:40000 - counter"
+             198.18.0.1:40000 - counter - - \"-\""
         );
         let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(json["response_code"], 200);
@@ -283,7 +310,7 @@ mod tests {
         r.upstream_failure = Some("connection refused".into());
         assert_eq!(
             r.to_text(),
-            "[1970-01-01T00:00:00.000Z] \"- - -\" 0 UF - - \"connection refused\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" - - 198.18.0.2:3306 198.18.0.1:40000 - -"
+            "[1970-01-01T00:00:00.000Z] \"- - -\" 0 UF - - \"connection refused\" 0 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" - - 198.18.0.2:3306 198.18.0.1:40000 - - - - \"-\""
         );
     }
 }

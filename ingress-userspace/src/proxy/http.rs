@@ -18,11 +18,14 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
 
 use crate::snapshot::{
-    ForwardAction, ListenerKind, PathMatch, RedirectAction, RequestAttributes, Route, RouteAction,
-    Snapshot, UpstreamProtocol,
+    ChainAction, ForwardAction, ListenerKind, PathMatch, RedirectAction, RequestAttributes, Route,
+    RouteAction, RouteConfig, Snapshot, UpstreamProtocol,
 };
 use crate::stats::{DestinationLabels, RequestSample};
 
@@ -215,6 +218,31 @@ impl Finisher {
     }
 }
 
+/// Serves HTTP/1.1 and HTTP/2 (by preface) on one downstream connection
+/// (plain or TLS) until it closes or `watcher` drains it.
+pub async fn serve_connection<I>(
+    ctx: Arc<Context>,
+    conn: ConnInfo,
+    stats: Arc<ListenerStats>,
+    io: I,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = conn.remote;
+    let service =
+        service_fn(move |request| serve(ctx.clone(), conn.clone(), stats.clone(), request));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, %remote, "downstream connection error");
+    }
+}
+
 /// Serves one downstream request. Never fails: every problem becomes a local
 /// reply.
 pub async fn serve(
@@ -225,12 +253,15 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let mut record = AccessRecord::new(SystemTime::now(), conn.local, conn.remote);
+    if let Some(tls) = &conn.tls {
+        record.set_tls(tls);
+    }
     listener.downstream_rq_total.fetch_add(1, Ordering::Relaxed);
     let snapshot = ctx.snapshot.load_full();
 
     let received = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = request.into_parts();
-    prepare_downstream(&mut parts.headers, conn);
+    prepare_downstream(&mut parts.headers, &conn);
     record.method = Some(parts.method.as_str().to_owned());
     record.path = Some(path_and_query(&parts.uri).to_owned());
     record.protocol = Some(protocol_name(parts.version));
@@ -266,7 +297,7 @@ pub async fn serve(
         cluster: None,
         endpoint: None,
     };
-    let response = match route_request(&ctx, &snapshot, conn, request, &mut finisher).await {
+    let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%error, "local reply");
@@ -287,16 +318,14 @@ pub async fn serve(
 async fn route_request(
     ctx: &Context,
     snapshot: &Snapshot,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     request: Request<RequestBody>,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let Some(ListenerKind::Http(route_config)) = snapshot
-        .listener_by_bind_port(conn.listener_port)
-        .map(|l| &l.kind)
-    else {
+    let Some(route_config) = route_config_for(snapshot, conn) else {
         return Err(ProxyError::NoRoute);
     };
+    let scheme = conn.scheme();
     let authority = authority(request.uri(), request.headers())
         .unwrap_or("")
         .to_owned();
@@ -311,7 +340,7 @@ async fn route_request(
     }
     let attributes = RequestAttributes {
         method: request.method().as_str(),
-        scheme: "http",
+        scheme,
         authority: &authority,
         path: &path,
         headers: request.headers(),
@@ -328,7 +357,7 @@ async fn route_request(
         }
         RouteAction::Redirect(action) => {
             finisher.record.details = Some("direct_response".to_owned());
-            let location = redirect_location(action, "http", &authority, &path);
+            let location = redirect_location(action, scheme, &authority, &path);
             let status =
                 StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let status = if status.is_redirection() {
@@ -339,9 +368,21 @@ async fn route_request(
             Ok(redirect(status, &location))
         }
         RouteAction::Forward(forward) => {
-            forward_request(ctx, snapshot, route, forward, request, &authority, finisher).await
+            let downstream = Downstream {
+                authority: &authority,
+                scheme,
+            };
+            forward_request(ctx, snapshot, route, forward, request, downstream, finisher).await
         }
     }
+}
+
+/// What the downstream side of a forwarded request asked for.
+struct Downstream<'a> {
+    /// `:authority` / `Host`, as received.
+    authority: &'a str,
+    /// `http` or `https` (the downstream connection's).
+    scheme: &'static str,
 }
 
 async fn forward_request(
@@ -350,9 +391,10 @@ async fn forward_request(
     route: &Route,
     forward: &ForwardAction,
     mut request: Request<RequestBody>,
-    authority: &str,
+    downstream: Downstream<'_>,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Downstream { authority, scheme } = downstream;
     let choice = choose_weighted(&forward.clusters, random_u64())
         .ok_or_else(|| ProxyError::ClusterNotFound(String::new()))?;
     finisher.record.upstream_cluster = Some(choice.name.clone());
@@ -403,7 +445,7 @@ async fn forward_request(
             HeaderValue::from_str(host).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         request.headers_mut().insert(header::HOST, value);
     }
-    prepare_upstream(request.headers_mut(), http2);
+    prepare_upstream(request.headers_mut(), http2, scheme);
 
     let client = ctx.upstreams.for_cluster(cluster);
     let sent_at = Instant::now();
@@ -453,9 +495,24 @@ fn classify_client_error(error: hyper_util::client::legacy::Error) -> ProxyError
     ProxyError::UpstreamReset(innermost)
 }
 
+/// The route configuration serving `conn`: the listener's, or for a TLS
+/// listener the one of the filter chain the handshake chose (looked up by
+/// name, so a reload that removed the chain answers 404, never another
+/// server's routes).
+fn route_config_for<'s>(snapshot: &'s Snapshot, conn: &ConnInfo) -> Option<&'s RouteConfig> {
+    match &snapshot.listener_by_bind_port(conn.listener_port)?.kind {
+        ListenerKind::Http(rc) => Some(rc),
+        ListenerKind::Tls(tls) => match &tls.chain(&conn.tls.as_ref()?.chain)?.action {
+            ChainAction::Http { routes, .. } => Some(routes),
+            _ => None,
+        },
+        ListenerKind::Tcp(_) => None,
+    }
+}
+
 /// Adds what Envoy adds to every downstream request before routing: the
 /// client address to `x-forwarded-for` and an `x-request-id` when absent.
-pub fn prepare_downstream(headers: &mut HeaderMap, conn: ConnInfo) {
+pub fn prepare_downstream(headers: &mut HeaderMap, conn: &ConnInfo) {
     append_forwarded_for(headers, conn.remote.ip());
     if !headers.contains_key(X_REQUEST_ID) {
         let id = uuid::Uuid::new_v4().to_string();
@@ -486,7 +543,7 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
 
 /// Headers of the upstream request: hop-by-hop headers removed, and
 /// `x-forwarded-proto` set to the downstream scheme.
-pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool) {
+pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool, scheme: &'static str) {
     let keep_te_trailers = http2
         && headers
             .get(header::TE)
@@ -498,7 +555,7 @@ pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool) {
     // No upgrade support yet: without this the upstream would switch protocols
     // on a connection the proxy cannot relay.
     headers.remove(header::UPGRADE);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
@@ -674,12 +731,13 @@ mod tests {
             listener_port: 8080,
             local: "198.18.0.2:8080".parse().unwrap(),
             remote: "198.18.0.1:1234".parse().unwrap(),
+            tls: None,
         };
         let mut headers = HeaderMap::new();
-        prepare_downstream(&mut headers, conn);
+        prepare_downstream(&mut headers, &conn);
         let id = headers[&X_REQUEST_ID].to_str().unwrap().to_owned();
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
-        prepare_downstream(&mut headers, conn);
+        prepare_downstream(&mut headers, &conn);
         assert_eq!(headers[&X_REQUEST_ID], id.as_str());
     }
 
@@ -703,13 +761,13 @@ mod tests {
             );
         }
         let mut h1 = headers.clone();
-        prepare_upstream(&mut h1, false);
+        prepare_upstream(&mut h1, false, "http");
         let names: Vec<&str> = h1.keys().map(HeaderName::as_str).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(h1["x-keep"], "yes");
         assert_eq!(h1["x-forwarded-proto"], "http");
         let mut h2 = headers;
-        prepare_upstream(&mut h2, true);
+        prepare_upstream(&mut h2, true, "https");
         assert_eq!(h2["te"], "trailers");
     }
 

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod http;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use hyper::StatusCode;
 
 use crate::snapshot::Snapshot;
 use crate::stats::{Metrics, StatStore};
+use crate::tls::store::TlsRuntime;
 
 use self::access_log::AccessLog;
 use self::upstream::{Balancer, UpstreamClients};
@@ -34,6 +36,8 @@ pub struct Context {
     pub upstreams: UpstreamClients,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// Live TLS configs of the terminating servers.
+    pub tls: Arc<TlsRuntime>,
 }
 
 impl Context {
@@ -44,18 +48,45 @@ impl Context {
             upstreams: UpstreamClients::default(),
             metrics,
             access_log,
+            tls: Arc::new(TlsRuntime::new()),
         }
     }
 }
 
 /// The downstream connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     /// Bind port of the listener serving this connection (also when the
     /// connection arrived on the listener's nodePort).
     pub listener_port: u16,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The terminated TLS session, when there is one.
+    pub tls: Option<Arc<TlsConnInfo>>,
+}
+
+impl ConnInfo {
+    /// `https` over a terminated TLS session, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// What a TLS handshake settled (Envoy's `%DOWNSTREAM_TLS_*%`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsConnInfo {
+    /// The filter chain serving the connection.
+    pub chain: String,
+    /// `%REQUESTED_SERVER_NAME%`.
+    pub sni: Option<String>,
+    /// `TLSv1.3`; `None` for passthrough.
+    pub version: Option<&'static str>,
+    /// `TLS_AES_128_GCM_SHA256`; `None` for passthrough.
+    pub cipher: Option<&'static str>,
+    /// The client certificate's subject, RFC 2253.
+    pub peer_subject: Option<String>,
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<String>,
 }
 
 /// Envoy-style counters of one listener (`listener.<name>.*`, and
@@ -67,11 +98,27 @@ pub struct ListenerStats {
     pub downstream_rq_total: Arc<AtomicU64>,
     /// 1xx..5xx responses.
     pub downstream_rq_class: [Arc<AtomicU64>; 5],
+    /// TLS listeners: `listener.<name>.no_filter_chain_match` and
+    /// `listener.<name>.ssl.*`, as Envoy names them.
+    pub no_filter_chain_match: Arc<AtomicU64>,
+    pub ssl_handshake: Arc<AtomicU64>,
+    pub ssl_connection_error: Arc<AtomicU64>,
+    pub ssl_no_certificate: Arc<AtomicU64>,
+    pub ssl_fail_verify_no_cert: Arc<AtomicU64>,
 }
 
 impl ListenerStats {
-    /// Registers the counters of listener `name` in `store`.
-    pub fn new(store: &StatStore, name: &str, http: bool) -> Self {
+    /// Registers the counters of listener `name` (`HTTP`, `TCP` or `TLS`)
+    /// in `store`.
+    pub fn new(store: &StatStore, name: &str, protocol: &str) -> Self {
+        let http = protocol != "TCP";
+        let tls = |stat: &str| {
+            if protocol == "TLS" {
+                store.counter(&format!("listener.{name}.{stat}"))
+            } else {
+                Arc::default()
+            }
+        };
         let listener = |stat: &str| format!("listener.{name}.{stat}");
         let rq = |stat: &str| {
             if http {
@@ -91,6 +138,11 @@ impl ListenerStats {
                 rq("downstream_rq_4xx"),
                 rq("downstream_rq_5xx"),
             ],
+            no_filter_chain_match: tls("no_filter_chain_match"),
+            ssl_handshake: tls("ssl.handshake"),
+            ssl_connection_error: tls("ssl.connection_error"),
+            ssl_no_certificate: tls("ssl.no_certificate"),
+            ssl_fail_verify_no_cert: tls("ssl.fail_verify_no_cert"),
         }
     }
 

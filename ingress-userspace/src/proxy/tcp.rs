@@ -9,27 +9,56 @@ use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::snapshot::{ListenerKind, Snapshot};
+use crate::snapshot::{ListenerKind, Snapshot, TcpProxy};
 use crate::stats::DestinationLabels;
 
 use super::access_log::AccessRecord;
 use super::upstream::{choose_weighted, random_u64};
 use super::{ConnInfo, Context, ProxyError};
 
-/// Proxies one accepted connection until both directions are closed.
+/// Proxies one accepted connection of a TCP listener until both directions
+/// are closed.
 pub async fn serve(ctx: Arc<Context>, conn: ConnInfo, downstream: TcpStream) {
+    let snapshot = ctx.snapshot.load_full();
+    let proxy = match snapshot
+        .listener_by_bind_port(conn.listener_port)
+        .map(|l| &l.kind)
+    {
+        Some(ListenerKind::Tcp(Some(proxy))) => Some(proxy),
+        _ => None,
+    };
+    relay(&ctx, &snapshot, proxy, &conn, downstream, &[]).await;
+}
+
+/// Proxies `downstream` to a destination of `proxy` (closing it when there
+/// is none) until both directions are closed; `prefix`, bytes already read
+/// from the client (a passed-through ClientHello), goes upstream first.
+/// Writes the access-log line and the TCP metrics.
+pub async fn relay<S>(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    proxy: Option<&TcpProxy>,
+    conn: &ConnInfo,
+    downstream: S,
+    prefix: &[u8],
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let mut record = AccessRecord::new(SystemTime::now(), conn.local, conn.remote);
-    let snapshot = ctx.snapshot.load_full();
+    if let Some(tls) = &conn.tls {
+        record.set_tls(tls);
+    }
     let mut destination = DestinationLabels::unknown();
-    let (received, sent, flags) = match proxy(
-        &ctx,
-        &snapshot,
-        conn,
+    let (received, sent, flags) = match forward(
+        ctx,
+        snapshot,
+        proxy,
         downstream,
+        prefix,
         &mut record,
         &mut destination,
     )
@@ -52,19 +81,20 @@ pub async fn serve(ctx: Arc<Context>, conn: ConnInfo, downstream: TcpStream) {
 
 type Failure = (ProxyError, u64, u64);
 
-async fn proxy(
+async fn forward<S>(
     ctx: &Context,
     snapshot: &Snapshot,
-    conn: ConnInfo,
-    downstream: TcpStream,
+    proxy: Option<&TcpProxy>,
+    downstream: S,
+    prefix: &[u8],
     record: &mut AccessRecord,
     destination: &mut DestinationLabels,
-) -> Result<(u64, u64), Failure> {
+) -> Result<(u64, u64), Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let fail = |e: ProxyError| (e, 0, 0);
-    let Some(ListenerKind::Tcp(Some(tcp))) = snapshot
-        .listener_by_bind_port(conn.listener_port)
-        .map(|l| &l.kind)
-    else {
+    let Some(tcp) = proxy else {
         return Err(fail(ProxyError::NoRoute));
     };
     let choice = choose_weighted(&tcp.clusters, random_u64())
@@ -87,7 +117,7 @@ async fn proxy(
         TcpStream::connect(endpoint.address),
     )
     .await;
-    let upstream = match connected {
+    let mut upstream = match connected {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +134,11 @@ async fn proxy(
     };
     let _ = upstream.set_nodelay(true);
     record.upstream_local = upstream.local_addr().ok();
+    if !prefix.is_empty()
+        && let Err(e) = upstream.write_all(prefix).await
+    {
+        return Err((ProxyError::UpstreamReset(e.to_string()), 0, 0));
+    }
     ctx.metrics.tcp_opened(destination);
     stats.cx_active.fetch_add(1, Ordering::Relaxed);
     let mut down = Counted::new(downstream);
@@ -112,7 +147,7 @@ async fn proxy(
     stats.cx_active.fetch_sub(1, Ordering::Relaxed);
     // Bytes read from the client went upstream and vice versa; counted as
     // read so a reset mid-stream still reports what moved.
-    let (received, sent) = (down.read, up.read);
+    let (received, sent) = (down.read + prefix.len() as u64, up.read);
     state.cx_tx_bytes.fetch_add(received, Ordering::Relaxed);
     state.cx_rx_bytes.fetch_add(sent, Ordering::Relaxed);
     match copied {

@@ -12,6 +12,7 @@ mod select;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +108,9 @@ pub enum ListenerKind {
     /// Plain TCP: every connection goes to `proxy`, or is closed when no
     /// VirtualService routes this server.
     Tcp(Option<TcpProxy>),
+    /// HTTPS and TLS servers: the ClientHello's SNI picks a filter chain,
+    /// which terminates TLS (then HTTP or TCP) or passes the stream through.
+    Tls(TlsListener),
 }
 
 impl ListenerKind {
@@ -115,6 +119,174 @@ impl ListenerKind {
         match self {
             ListenerKind::Http(_) => "HTTP",
             ListenerKind::Tcp(_) => "TCP",
+            ListenerKind::Tls(_) => "TLS",
+        }
+    }
+}
+
+/// The filter chains of a TLS listener, chosen by SNI as Envoy does: an
+/// exact server name, then the longest matching `*.` wildcard, then a chain
+/// without server names (which also takes connections without SNI).
+#[derive(Debug)]
+pub struct TlsListener {
+    /// No two chains share a server name (the compiler drops overlaps).
+    pub chains: Vec<FilterChain>,
+}
+
+impl TlsListener {
+    /// The chain for a ClientHello with server name `sni` (lower case).
+    pub fn select(&self, sni: Option<&str>) -> Option<&FilterChain> {
+        if let Some(sni) = sni {
+            let exact = self
+                .chains
+                .iter()
+                .find(|c| c.server_names.iter().any(|n| n == sni));
+            if exact.is_some() {
+                return exact;
+            }
+            // `a.b.example.com` tries `*.b.example.com`, then `*.example.com`, ...
+            let mut rest = sni;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot..];
+                let found = self.chains.iter().find(|c| {
+                    c.server_names
+                        .iter()
+                        .any(|n| n.strip_prefix('*') == Some(rest))
+                });
+                if found.is_some() {
+                    return found;
+                }
+                rest = &rest[1..];
+            }
+        }
+        self.chains.iter().find(|c| c.server_names.is_empty())
+    }
+
+    /// The chain named `name`.
+    pub fn chain(&self, name: &str) -> Option<&FilterChain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+}
+
+/// One filter chain: which server names it takes and what it does.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// Unique in the listener: the server (`ns/gateway spec.servers[i]`)
+    /// or, for passthrough, the VirtualService route it came from.
+    pub name: String,
+    /// SNI names (exact or `*.suffix`); empty takes every name and no SNI.
+    pub server_names: Vec<String>,
+    pub action: ChainAction,
+}
+
+/// What a filter chain does with a connection.
+#[derive(Debug)]
+pub enum ChainAction {
+    /// Terminate TLS, then serve HTTP routed by `routes` (HTTPS servers).
+    Http {
+        tls: Arc<TlsContext>,
+        routes: RouteConfig,
+    },
+    /// Terminate TLS, then proxy the plaintext (`protocol: TLS` servers in
+    /// SIMPLE/MUTUAL mode with `tcp` routes); `None`: no route, closed.
+    Tcp {
+        tls: Arc<TlsContext>,
+        proxy: Option<TcpProxy>,
+    },
+    /// Do not terminate: proxy the raw stream (PASSTHROUGH with `tls` routes).
+    Passthrough(TcpProxy),
+}
+
+impl ChainAction {
+    pub fn tls_context(&self) -> Option<&Arc<TlsContext>> {
+        match self {
+            ChainAction::Http { tls, .. } | ChainAction::Tcp { tls, .. } => Some(tls),
+            ChainAction::Passthrough(_) => None,
+        }
+    }
+}
+
+/// How a terminating chain does TLS: everything except the key material,
+/// which the daemon loads (and reloads) from `certificate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsContext {
+    /// The server it came from (`istio-system/gw spec.servers[1]`): the key
+    /// of its loaded certificates, and what logs name.
+    pub name: String,
+    pub client_auth: ClientAuth,
+    pub certificate: CertificateSource,
+    /// Required for client authentication; `None` otherwise.
+    pub ca: Option<CaSource>,
+    /// `subjectAltNames`: a client certificate must carry one of them.
+    pub subject_alt_names: Vec<String>,
+    /// Lowest and highest version served (1.2 or 1.3).
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// TLS 1.2 suites (OpenSSL names); empty means the defaults.
+    pub cipher_suites: Vec<String>,
+    /// ALPN protocols offered, in preference order.
+    pub alpn: Vec<String>,
+}
+
+/// Client certificates (`tls.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// SIMPLE: none asked.
+    None,
+    /// MUTUAL: required and verified.
+    Required,
+    /// OPTIONAL_MUTUAL: verified when sent.
+    Optional,
+}
+
+/// TLS protocol versions served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// Where a server's certificate and key come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertificateSource {
+    /// `serverCertificate` / `privateKey` paths, watched for changes.
+    Files { cert: PathBuf, key: PathBuf },
+    /// `credentialName`: the PEM data of the Secret `origin` (`ns/name`).
+    Secret {
+        origin: String,
+        cert: Vec<u8>,
+        key: Vec<u8>,
+    },
+    /// Nothing usable: handshakes fail with this reason until it is fixed.
+    Missing(String),
+}
+
+/// Where the CA that verifies client certificates comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// `caCertificates`, watched for changes.
+    File(PathBuf),
+    /// `ca.crt`/`cacert` of a Secret (`origin` is `ns/name`).
+    Secret {
+        origin: String,
+        pem: Vec<u8>,
+    },
+    Missing(String),
+}
+
+impl CertificateSource {
+    /// How Istio names the secret in its SDS config (`file-cert:...`,
+    /// `kubernetes://name`), shown by the admin API.
+    pub fn sds_name(&self) -> String {
+        match self {
+            CertificateSource::Files { cert, key } => {
+                format!("file-cert:{}~{}", cert.display(), key.display())
+            }
+            CertificateSource::Secret { origin, .. } => {
+                let name = origin.rsplit('/').next().unwrap_or(origin);
+                format!("kubernetes://{name}")
+            }
+            CertificateSource::Missing(_) => "-".to_owned(),
         }
     }
 }
