@@ -357,4 +357,70 @@ pub(super) mod tests {
         assert!(files[3].1.contains("  - 198.18.1.10\n"));
         assert!(files[3].1.contains("  port: 8080\n"));
     }
+
+    /// The daemon's own pipeline accepts the TLS files without a warning: port 443 (and
+    /// its targetPort) terminates TLS for the host, `/` is the direct response and the
+    /// bulk prefix goes to the backend.
+    #[test]
+    fn ingressd_terminates_tls_and_routes_the_tls_site() {
+        use ingress_userspace::explain::{Query, explain};
+        use ingress_userspace::pipeline::{Options, build_from_dir};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=tls.bench.example", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl req");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).expect("config dir");
+        for (name, yaml) in tls_files(&tls_site(&cert, &key)) {
+            std::fs::write(config.join(name), yaml).expect("write yaml");
+        }
+        let outcome = build_from_dir(&config, &Options::default());
+        let shown: Vec<String> = outcome
+            .diagnostics
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(shown.is_empty(), "diagnostics: {shown:#?}");
+        let snapshot = outcome.snapshot.expect("no errors, so a snapshot");
+        let ask = |port: u16, path: &str| {
+            explain(
+                &snapshot,
+                &Query {
+                    port,
+                    host: Some("tls.bench.example".to_owned()),
+                    path: Some(path.to_owned()),
+                    tls: true,
+                    sni: Some("tls.bench.example".to_owned()),
+                    ..Query::default()
+                },
+            )
+        };
+        for port in [443, TLS_LISTEN_PORT] {
+            let fixed = ask(port, "/");
+            assert_eq!(fixed["error"], "direct_response", "{fixed:#}");
+            assert_eq!(fixed["filter_chain"]["mode"], "terminate_http", "{fixed:#}");
+            let bulk = ask(port, "/bulk/64MiB");
+            assert!(bulk["error"].is_null(), "{bulk:#}");
+            assert!(
+                bulk["cluster"]
+                    .to_string()
+                    .contains("bench-backend.default.svc.cluster.local"),
+                "{bulk:#}"
+            );
+        }
+    }
 }

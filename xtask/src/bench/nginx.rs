@@ -118,10 +118,10 @@ pub fn backend_config(backends: &[SocketAddrV4], dir: &Path) -> String {
     conf
 }
 
-/// The TLS server under test, on two ports that differ only in sessions: `full` keeps no
-/// session cache (`ssl_session_cache off`), `resumable` keeps one in shared memory; both
-/// `ssl_session_tickets off`, so a session resumes only from the cache (what OpenSSL
-/// then issues in TLS 1.3 are stateful tickets: a session id). TLS 1.3 only, X25519 only,
+/// The TLS server under test, on two ports that differ only in sessions: `full` resumes
+/// none (`ssl_session_tickets off; ssl_session_cache off;`), `resumable` issues stateless
+/// session tickets (`ssl_session_tickets on`, the session encrypted into the ticket; no
+/// session cache), as ingressd does with rustls' `Ticketer`. TLS 1.3 only, X25519 only,
 /// the site's certificate. Paths under the site's bulk prefix go to the backend (upstream
 /// keep-alive, the forwarding headers ingressd adds, no temp files); everything else is
 /// answered with a fixed `200` and the site's body.
@@ -158,13 +158,16 @@ pub fn tls_config(
         key = site.key.display(),
     );
     let body = site.body.escape_default();
-    for (listen, cache) in [(full, "off"), (resumable, "shared:bench_tls:10m")] {
+    for (listen, sessions) in [
+        (full, "ssl_session_cache off;"),
+        (resumable, "ssl_session_tickets on;"),
+    ] {
         let _ = write!(
             conf,
             "    server {{
         listen {listen} ssl;
         server_name {host};
-        ssl_session_cache {cache};
+        {sessions}
         location {prefix} {{ proxy_pass http://{UPSTREAM}; }}
         location / {{ return 200 \"{body}\"; }}
     }}
@@ -240,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_server_has_a_cached_and_an_uncached_port() {
+    fn tls_server_has_a_resuming_and_a_non_resuming_port() {
         let (cert, key) = (Path::new("/d/cert.pem"), Path::new("/d/key.pem"));
         let site = crate::bench::istio::tests::tls_site(cert, key);
         let full = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8444);
@@ -256,7 +259,7 @@ mod tests {
             "        listen 198.18.0.1:8444 ssl;\n        server_name tls.bench.example;\n        ssl_session_cache off;\n"
         ));
         assert!(conf.contains(
-            "        listen 198.18.0.1:8445 ssl;\n        server_name tls.bench.example;\n        ssl_session_cache shared:bench_tls:10m;\n"
+            "        listen 198.18.0.1:8445 ssl;\n        server_name tls.bench.example;\n        ssl_session_tickets on;\n"
         ));
         assert_eq!(
             conf.matches("location /bulk { proxy_pass http://bench_backend; }")

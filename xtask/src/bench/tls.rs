@@ -4,8 +4,8 @@
 //!  ingressd-bench-tls-client    ingressd-bench-tls-node                ingressd-bench-tls-pods
 //!  198.18.0.2 ---- veth ----  198.18.0.1 | 198.18.1.1 ---- veth ----  198.18.1.10:8080
 //!   h2load, curl (core 0)       :8443 ingressd        (core 1)          nginx, files (core 0)
-//!                               :8444 nginx, no session cache (core 1)
-//!                               :8445 nginx, session cache    (same worker)
+//!                               :8444 nginx, no resumption (core 1)
+//!                               :8445 nginx, tickets          (same worker)
 //! ```
 //!
 //! Both servers use the same ECDSA P-256 certificate (made at run time), TLS 1.3 only, and
@@ -20,7 +20,7 @@
 //!   full one. Both servers answer `GET /` with a fixed body (nginx `return 200`, ingressd a
 //!   `directResponse`): the work measured is TCP + TLS + one small HTTP/1.1 exchange.
 //! - **resumed handshakes**: the same h2load without the library (nginx on its port with a
-//!   session cache): every connection after a client's first resumes.
+//!   session tickets): every connection after a client's first resumes.
 //! - **bulk**: one curl connection downloading `--bulk-mib` through the server from an nginx
 //!   backend (`/bulk/...`, proxied by both).
 //!
@@ -70,9 +70,9 @@ const BULK_PATH: &str = "/bulk/64MiB";
 const BULK_FILE_BYTES: u64 = 64 << 20;
 /// The backend in the pods namespace.
 const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 8080);
-/// nginx's port without a session cache (full handshakes, bulk).
+/// nginx's port without session resumption (full handshakes, bulk).
 const NGINX_FULL_PORT: u16 = 8444;
-/// nginx's port with a session cache (resumed handshakes).
+/// nginx's port with session tickets (resumed handshakes).
 const NGINX_RESUME_PORT: u16 = 8445;
 /// Core of the server under test.
 const SERVER_CORE: &str = "1";
@@ -1424,7 +1424,7 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
                 kind.port(Test::Full).to_string()
             } else {
                 format!(
-                    "{} (no session cache), {} (session cache)",
+                    "{} (no resumption), {} (session tickets)",
                     kind.port(Test::Full),
                     kind.port(Test::Resumed)
                 )
@@ -1651,12 +1651,13 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
   `SSL` object across reconnects, and so resumes the previous session whenever the server
   issued a ticket; for these runs a small library preloaded into h2load (`LD_PRELOAD`; its
   source is `NO_RESUME_SHIM` in `xtask/src/bench/tls.rs`) clears that session before each
-  connect. nginx serves them from a server without a session cache (`ssl_session_cache off;
-  ssl_session_tickets off;`), ingressd with its one configuration.
+  connect. nginx serves them from a server that resumes nothing (`ssl_session_cache off;
+  ssl_session_tickets off;`), ingressd with its one configuration (rustls with a stateless
+  `Ticketer` and a session cache: it issues tickets after every full handshake).
 - Resumed handshakes: the same h2load run ({resumptions} connections) without the library, so
   every connection but each client's first offers the session of the one before; nginx on a
-  second port with `ssl_session_cache shared:bench_tls:10m; ssl_session_tickets off;` (in TLS
-  1.3 OpenSSL then issues stateful tickets, a session id in its cache). The check before the
+  second port with `ssl_session_tickets on;` (stateless tickets, the session encrypted into
+  the ticket, as rustls' `Ticketer` does for ingressd). The check before the
   runs offers one session with `openssl s_client -sess_out`/`-sess_in` (resumed or not), and
   runs h2load for 200 connections with and without the library: without it the connections
   must receive at least 200 bytes less from a server that resumes (no Certificate, no
