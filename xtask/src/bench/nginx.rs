@@ -123,7 +123,8 @@ pub fn backend_config(backends: &[SocketAddrV4], dir: &Path) -> String {
 /// session tickets (`ssl_session_tickets on`, the session encrypted into the ticket; no
 /// session cache), as ingressd does with rustls' `Ticketer`. TLS 1.3 only, X25519 only,
 /// the site's certificate. Paths under the site's bulk prefix go to the backend (upstream
-/// keep-alive, the forwarding headers ingressd adds, no temp files); everything else is
+/// keep-alive, the forwarding headers ingressd adds, 64 KiB proxy buffers and no temp
+/// files); everything else is
 /// answered with a fixed `200` and the site's body.
 pub fn tls_config(
     site: &TlsSite<'_>,
@@ -147,6 +148,8 @@ pub fn tls_config(
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Request-Id $request_id;
     proxy_max_temp_file_size 0;
+    proxy_buffer_size 64k;
+    proxy_buffers 8 64k;
     ssl_certificate {cert};
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
@@ -253,6 +256,7 @@ mod tests {
         assert!(conf.contains("    ssl_protocols TLSv1.3;\n"));
         assert!(conf.contains("    ssl_ecdh_curve X25519;\n"));
         assert!(conf.contains("    ssl_session_tickets off;\n"));
+        assert!(conf.contains("    proxy_max_temp_file_size 0;\n    proxy_buffer_size 64k;\n    proxy_buffers 8 64k;\n"));
         assert!(conf.contains("    ssl_certificate /d/cert.pem;\n"));
         assert!(conf.contains("    ssl_certificate_key /d/key.pem;\n"));
         assert!(conf.contains(

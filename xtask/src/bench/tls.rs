@@ -172,6 +172,10 @@ pub struct TlsArgs {
     /// quiet machine together stop once they took as long as the planned measuring time.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=5))]
     retries: u32,
+    /// After the rounds, profile each server with `perf record -e cpu-clock` during one
+    /// more (unmeasured) full-handshake run; the top symbols go into the report.
+    #[arg(long)]
+    profile: bool,
 }
 
 impl TlsArgs {
@@ -494,6 +498,27 @@ pub fn rustls_provider(lock: &str) -> Option<String> {
     ))
 }
 
+/// The first `n` entries of `perf report --stdio --sort dso,sym` (lines like
+/// `    12.34%  ingressd  [.] aws_lc_0_32_0_ecp_nistz256_point_add`), as `(percent,
+/// "dso symbol")`.
+pub fn top_symbols(report: &str, n: usize) -> Vec<(f64, String)> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (pct, rest) = l.split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            let rest = rest.split_whitespace().collect::<Vec<_>>();
+            let (dso, sym) = match rest.as_slice() {
+                [dso, kind, sym @ ..] if kind.starts_with('[') => (*dso, sym.join(" ")),
+                _ => return None,
+            };
+            Some((pct, format!("{dso} {sym}")))
+        })
+        .take(n)
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------
 // Results.
 
@@ -757,6 +782,19 @@ pub fn notes(runs: &[Run], servers: &[ServerKind], observed: &[(ServerKind, Obse
              handshake on core 0) managed, not the server's capacity; CPU per handshake \
              compares the servers regardless.",
             light.join(", ")
+        ));
+    }
+    let capacity: Vec<String> = servers
+        .iter()
+        .filter_map(|&s| cell(runs, s, Test::Full).map(|c| (s, c)))
+        .filter(|(_, c)| c.cpu > 0.0)
+        .map(|(s, c)| format!("{} about {:.0}", s.label(), 1e6 / c.cpu))
+        .collect();
+    if !capacity.is_empty() {
+        notes.push(format!(
+            "At its median CPU cost per full handshake, one core would sustain: {} full \
+             handshakes per second (1 s / CPU per handshake; an estimate, not measured).",
+            capacity.join(", ")
         ));
     }
     for &s in servers {
@@ -1064,6 +1102,56 @@ impl Bench<'_> {
             .topo
             .exec(Ns::Client, "sh", ["-c", &script], Duration::from_secs(20))?;
         Ok(parse_s_client(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// One unmeasured full-handshake run with `perf record -e cpu-clock` attached to the
+    /// server's processes; returns the top symbols of `perf report`.
+    fn profile(&self, server: &Running) -> Result<Vec<(f64, String)>> {
+        let label = server.kind.label();
+        let pids: Vec<String> = cpu::tree_cpu(server.proc.pid())?
+            .pids
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let data = self.dir.join(format!("perf-{label}.data"));
+        let mut perf = Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-p"])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting perf record")?;
+        std::thread::sleep(Duration::from_millis(500));
+        let load = self.h2load(
+            self.target(server.kind, Test::Full),
+            self.args.handshakes,
+            true,
+        );
+        // SIGINT makes perf record write its data and exit.
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while perf.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                let _ = perf.kill();
+                let _ = perf.wait();
+                bail!("perf record did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        load?;
+        let out = run_bounded(
+            Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--sort", "dso,sym"])
+                .args(["--percent-limit", "0.5", "-i"])
+                .arg(&data),
+            Duration::from_secs(120),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        std::fs::write(self.dir.join(format!("perf-{label}.txt")), text.as_bytes())?;
+        Ok(top_symbols(&text, 15))
     }
 
     /// Checks what both tests rely on: TLS 1.3 with X25519, AES-128-GCM and the ECDSA
@@ -1490,6 +1578,22 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
             }
         }
     }
+    let mut profiles = Vec::new();
+    if args.profile {
+        println!(
+            "\n== profiles: perf record -e cpu-clock during {} more full handshakes per server",
+            args.handshakes
+        );
+        for s in &servers {
+            bench.check_stop()?;
+            let top = bench.profile(s)?;
+            println!("   {}:", s.kind.label());
+            for (pct, sym) in &top {
+                println!("   {pct:>6.2}%  {sym}");
+            }
+            profiles.push((s.kind, top));
+        }
+    }
     let load_end = load_average();
     for s in &servers {
         if let Some(status) = s.proc.try_status()? {
@@ -1505,7 +1609,15 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
     drop(topo);
 
     let facts = Facts::collect(&ingressd, &load_start, &load_end);
-    let section = section(&runs, &args.servers, &observed, &facts, args, cert_der_len);
+    let section = section(
+        &runs,
+        &args.servers,
+        &observed,
+        &profiles,
+        &facts,
+        args,
+        cert_der_len,
+    );
     println!("\n{section}");
     if !args.no_write {
         let path = repo_root().join("docs").join("benchmarks.md");
@@ -1593,6 +1705,7 @@ fn section(
     runs: &[Run],
     servers: &[ServerKind],
     observed: &[(ServerKind, Observed)],
+    profiles: &[(ServerKind, Vec<(f64, String)>)],
     facts: &Facts,
     args: &TlsArgs,
     cert_der_len: usize,
@@ -1644,7 +1757,9 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
   {body_len}-byte body (ingressd: a VirtualService `directResponse`, nginx: `return 200`), so
   the handshake runs compare TCP + TLS + one HTTP/1.1 exchange with nothing upstream;
   `{bulk_prefix}/` is proxied by both to the backend (plain HTTP/1.1, upstream keep-alive; nginx
-  `proxy_max_temp_file_size 0`, so nothing is buffered on disk).
+  `proxy_max_temp_file_size 0`, so nothing is buffered on disk, and 64 KiB proxy buffers,
+  `proxy_buffer_size 64k; proxy_buffers 8 64k;`: with its default 4 KiB buffers nginx used
+  about twice the CPU per GB here).
 - Full handshakes: `h2load --h1 -t1 -c{clients} -n{handshakes} -H 'Connection: close'
   --groups={group} --tls13-ciphers={suite}`: {clients} clients on one thread, each reconnecting after
   every response, so {handshakes} connections with one request each. h2load reuses a client's
@@ -1673,7 +1788,7 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
   run the benchmark waits (at most 15 s) for a quiet machine; a run with more than
   {max_other:.0}% of a core of other load is redone, at most {retries} times (attempt column).
 
-### Every run
+{profile}### Every run
 
 {runs_table}",
         date = facts.date,
@@ -1721,7 +1836,33 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
         max_other = args.max_other_load * 100.0,
         retries = args.retries,
         runs_table = runs_table(runs),
+        profile = profile_section(profiles, args.handshakes),
     )
+}
+
+/// The `### Profiles` subsection (empty without `--profile`).
+fn profile_section(profiles: &[(ServerKind, Vec<(f64, String)>)], handshakes: u64) -> String {
+    if profiles.is_empty() {
+        return String::new();
+    }
+    let mut t = format!(
+        "### Profiles
+
+`perf record -e cpu-clock -F 999 -p <server's pids>` during one more full-handshake run of
+{handshakes} connections per server after the measured rounds; `perf report --no-children --sort
+dso,sym`, the top entries (share of the server's samples; `[kernel.kallsyms]` is the kernel on
+the server's behalf: TCP, epoll, syscalls).
+
+"
+    );
+    for (server, top) in profiles {
+        let _ = writeln!(t, "{}:\n\n| share | where |\n|--:|---|", server.label());
+        for (pct, sym) in top {
+            let _ = writeln!(t, "| {pct:.2}% | `{sym}` |");
+        }
+        t.push('\n');
+    }
+    t
 }
 
 #[cfg(test)]
@@ -1776,6 +1917,7 @@ mod tests {
             no_write: true,
             max_other_load: 0.1,
             retries: 0,
+            profile: false,
         };
         assert_eq!(args.bulk_transfers(), 16);
     }
@@ -1851,6 +1993,35 @@ mod tests {
         );
         let again = parse_s_client("Reused, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256\n");
         assert!(again.reused);
+    }
+
+    #[test]
+    fn perf_report_top_symbols() {
+        let report = "# Samples: 9K of event 'cpu-clock'\n#\n\
+            # Overhead  Shared Object      Symbol\n\
+            # ........  .................  ......\n#\n\
+            \x20   21.50%  ingressd           [.] aws_lc_0_32_0_ecp_nistz256_ord_sqr_mont\n\
+            \x20    9.25%  [kernel.kallsyms]  [k] _raw_spin_unlock_irqrestore\n\
+            \x20    1.00%  libc.so.6          [.] __memmove_avx_unaligned_erms\n\
+            \n#\n# (Cannot load tips.txt file, please install perf!)\n";
+        let top = top_symbols(report, 2);
+        assert_eq!(
+            top,
+            vec![
+                (
+                    21.5,
+                    "ingressd aws_lc_0_32_0_ecp_nistz256_ord_sqr_mont".to_owned()
+                ),
+                (
+                    9.25,
+                    "[kernel.kallsyms] _raw_spin_unlock_irqrestore".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(top_symbols(report, 10).len(), 3);
+        assert!(profile_section(&[], 1).is_empty());
+        let s = profile_section(&[(ServerKind::Nginx, top)], 1000);
+        assert!(s.contains("| 21.50% | `ingressd aws_lc_0_32_0_ecp_nistz256_ord_sqr_mont` |"));
     }
 
     #[test]
