@@ -173,6 +173,7 @@ impl Admin {
                 clusters_text(&self.ctx.snapshot.load(), &self.ctx),
             ),
             (&Method::GET, "/listeners") => text(StatusCode::OK, self.listeners_text()),
+            (&Method::GET, "/certs") => json(&certs_json(&self.ctx.tls.report())),
             (&Method::GET, "/server_info") => json(&self.server_info()),
             (&Method::POST, "/quitquitquit") => {
                 self.quit.notify_one();
@@ -180,7 +181,7 @@ impl Admin {
             }
             (&Method::GET, "/") => text(
                 StatusCode::OK,
-                "admin commands are:\n  /clusters\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
+                "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
             ),
             _ => text(StatusCode::NOT_FOUND, "invalid path\n"),
         }
@@ -188,6 +189,18 @@ impl Admin {
 
     fn stats_text(&self) -> String {
         let mut out = self.ctx.metrics.envoy.render();
+        let now = std::time::SystemTime::now();
+        if let Some(days) = self
+            .ctx
+            .tls
+            .report()
+            .iter()
+            .filter_map(|r| r.certificate.as_ref())
+            .map(|c| c.days_until_expiry(now))
+            .min()
+        {
+            out.push_str(&format!("server.days_until_first_cert_expiring: {days}\n"));
+        }
         let snapshot = self.ctx.snapshot.load();
         let mut lines = Vec::new();
         for (name, cluster) in &snapshot.clusters {
@@ -207,6 +220,21 @@ impl Admin {
                     ("upstream_rq_3xx", load(&state.rq_3xx)),
                     ("upstream_rq_4xx", load(&state.rq_4xx)),
                     ("upstream_rq_5xx", load(&state.rq_5xx)),
+                    ("upstream_rq_retry", load(&state.rq_retry)),
+                    (
+                        "upstream_rq_retry_limit_exceeded",
+                        load(&state.rq_retry_limit_exceeded),
+                    ),
+                    ("upstream_rq_retry_success", load(&state.rq_retry_success)),
+                    ("upstream_rq_retry_overflow", load(&state.rq_retry_overflow)),
+                    (
+                        "upstream_rq_pending_overflow",
+                        load(&state.rq_pending_overflow),
+                    ),
+                    (
+                        "outlier_detection.ejections_enforced_total",
+                        load(&state.ejections_total),
+                    ),
                     ("upstream_rq_timeout", load(&state.rq_timeout)),
                     ("upstream_rq_total", load(&state.rq_total)),
                 ] {
@@ -265,13 +293,15 @@ pub fn clusters_text(snapshot: &Snapshot, ctx: &Context) -> String {
     let mut out = String::new();
     for (name, cluster) in &snapshot.clusters {
         let _ = writeln!(out, "{name}::observability_name::{name}");
-        for limit in [
-            "max_connections",
-            "max_pending_requests",
-            "max_requests",
-            "max_retries",
+        let limits = &cluster.policy.limits;
+        for (limit, value) in [
+            ("max_connections", limits.max_connections),
+            ("max_pending_requests", limits.max_pending_requests),
+            ("max_requests", limits.max_requests),
+            ("max_retries", limits.max_retries),
         ] {
-            let _ = writeln!(out, "{name}::default_priority::{limit}::4294967295");
+            let value = value.unwrap_or(u32::MAX);
+            let _ = writeln!(out, "{name}::default_priority::{limit}::{value}");
         }
         let _ = writeln!(out, "{name}::added_via_api::true");
         let state = ctx.balancer.state_if_used(name);
@@ -324,10 +354,12 @@ pub fn clusters_text(snapshot: &Snapshot, ctx: &Context) -> String {
                 "{prefix}::hostname::{}",
                 endpoint.target.as_deref().unwrap_or("")
             );
-            let health = if endpoint.serving {
-                "healthy"
-            } else {
-                "/failed_eds_health"
+            let ejected = stats.as_deref().is_some_and(|s| s.is_ejected());
+            let health = match (endpoint.serving, ejected) {
+                (true, false) => "healthy",
+                (true, true) => "/failed_outlier_check",
+                (false, false) => "/failed_eds_health",
+                (false, true) => "/failed_outlier_check/failed_eds_health",
             };
             let _ = writeln!(out, "{prefix}::health_flags::{health}");
             let _ = writeln!(out, "{prefix}::weight::1");
@@ -407,6 +439,44 @@ where
     }
 }
 
+/// `/certs` in Envoy's shape (`certificates[].cert_chain[]`, `ca_cert[]`),
+/// plus which server each entry serves, where it comes from, when it was
+/// loaded and why the latest change was refused, if it was.
+pub fn certs_json(reports: &[crate::tls::store::ContextReport]) -> serde_json::Value {
+    use crate::tls::certs::CertInfo;
+    let now = std::time::SystemTime::now();
+    let time = |secs: i64| {
+        crate::proxy::access_log::format_start_time(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
+        )
+    };
+    let cert = |c: &CertInfo| {
+        serde_json::json!({
+            "subject": c.subject,
+            "issuer": c.issuer,
+            "serial_number": c.serial,
+            "subject_alt_names": c.subject_alt_names.iter().map(|san| {
+                let (kind, value) = san.split_once(':').unwrap_or(("dns", san));
+                let kind = match kind { "DNS" => "dns", "URI" => "uri", "IP" => "ip_address", _ => "email" };
+                serde_json::json!({ kind: value })
+            }).collect::<Vec<_>>(),
+            "days_until_expiration": c.days_until_expiry(now).to_string(),
+            "valid_from": time(c.not_before),
+            "expiration_time": time(c.not_after),
+        })
+    };
+    serde_json::json!({
+        "certificates": reports.iter().map(|r| serde_json::json!({
+            "server": r.name,
+            "source": r.source,
+            "cert_chain": r.certificate.iter().map(cert).collect::<Vec<_>>(),
+            "ca_cert": r.ca.iter().map(cert).collect::<Vec<_>>(),
+            "loaded_at": r.loaded_at.map(crate::proxy::access_log::format_start_time),
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +514,7 @@ mod tests {
             ],
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(10),
+            policy: Default::default(),
         };
         Snapshot {
             gateway: GatewayIdentity::default(),

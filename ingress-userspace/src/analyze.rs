@@ -72,7 +72,32 @@ pub fn analyze(model: &Model, identity: &GatewayIdentity, diagnostics: &mut Diag
         }
     }
 
+    let delegates: Vec<(String, String)> = model
+        .virtual_services
+        .iter()
+        .flat_map(|vs| vs.http.iter())
+        .filter_map(|r| match &r.action {
+            crate::model::HttpAction::Delegate { name, namespace } => {
+                Some((namespace.clone(), name.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     for vs in &model.virtual_services {
+        let is_delegate = delegates
+            .iter()
+            .any(|(ns, name)| *ns == vs.meta.namespace && *name == vs.meta.name);
+        if vs.hosts.is_empty() {
+            if !is_delegate {
+                warn(
+                    &vs.meta,
+                    "virtualservice",
+                    "spec.hosts".into(),
+                    "no hosts and no VirtualService delegates to it: it routes nothing".into(),
+                );
+            }
+            continue;
+        }
         if vs.gateways.is_empty() {
             warn(&vs.meta, "virtualservice", "spec.gateways".into(),
                 "no gateways: the VirtualService applies to the mesh (sidecars) only and is ignored by the gateway; add the Gateway's name".into());

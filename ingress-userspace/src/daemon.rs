@@ -1022,6 +1022,10 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(1),
+            policy: crate::snapshot::policy::ClusterPolicy {
+                lb: crate::snapshot::policy::LbPolicy::RoundRobin,
+                ..Default::default()
+            },
         })
     }
 
@@ -1033,11 +1037,16 @@ mod tests {
                 clusters: vec![WeightedCluster {
                     name: cluster.to_owned(),
                     weight: 100,
+                    headers: None,
                 }],
                 timeout: None,
                 prefix_rewrite: None,
+                regex_rewrite: None,
                 host_rewrite: None,
+                retry: crate::snapshot::RetryPolicy::none(),
+                mirrors: Vec::new(),
             }),
+            policy: Default::default(),
             origin: None,
         };
         let vhosts = vec![

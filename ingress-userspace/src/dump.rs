@@ -17,10 +17,12 @@
 use serde_json::{Map, Value, json};
 
 use crate::model::duration::to_proto_json;
+use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{
-    CaSource, ChainAction, ClientAuth, Cluster, Discovery, FilterChain, HeaderMatcher, Listener,
-    ListenerKind, PathMatch, Route, RouteAction, RouteConfig, Snapshot, StringMatcher, TcpProxy,
-    TlsContext, TlsVersion, UpstreamProtocol, VirtualHost, WeightedCluster,
+    CaSource, ChainAction, ClientAuth, Cluster, Discovery, FaultAbort, FilterChain, HeaderMatcher,
+    HeaderPolicy, Listener, ListenerKind, PathMatch, Route, RouteAction, RouteConfig, RoutePolicy,
+    Snapshot, StringMatcher, TcpProxy, TlsContext, TlsVersion, UpstreamProtocol, VirtualHost,
+    WeightedCluster,
 };
 
 const TYPE_PREFIX: &str = "type.googleapis.com/";
@@ -217,15 +219,112 @@ fn listener(l: &Listener) -> Value {
     out
 }
 
+/// Envoy's `*_headers_to_add` / `*_headers_to_remove` of a route or a
+/// weighted cluster.
+fn insert_header_policy(out: &mut Map<String, Value>, policy: &HeaderPolicy) {
+    for (side, ops) in [("request", &policy.request), ("response", &policy.response)] {
+        let add: Vec<Value> = ops
+            .set
+            .iter()
+            .map(|(n, v)| (n, v, "OVERWRITE_IF_EXISTS_OR_ADD"))
+            .chain(
+                ops.add
+                    .iter()
+                    .map(|(n, v)| (n, v, "APPEND_IF_EXISTS_OR_ADD")),
+            )
+            .map(|(n, v, action)| {
+                json!({
+                    "header": { "key": n.as_str(), "value": String::from_utf8_lossy(v.as_bytes()) },
+                    "append_action": action,
+                })
+            })
+            .collect();
+        if !add.is_empty() {
+            out.insert(format!("{side}_headers_to_add"), add.into());
+        }
+        if !ops.remove.is_empty() {
+            out.insert(
+                format!("{side}_headers_to_remove"),
+                ops.remove
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        }
+    }
+}
+
+/// The fault and CORS filters' per-route configs.
+fn per_filter_config(policy: &RoutePolicy) -> Option<Value> {
+    let mut out = Map::new();
+    if let Some(fault) = &policy.fault {
+        let percent = |p: f64| json!({ "numerator": (p * 10_000.0).round() as u64, "denominator": "MILLION" });
+        let mut config = json!({
+            "@type": format!("{TYPE_PREFIX}envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        });
+        if let Some((delay, p)) = fault.delay {
+            config["delay"] =
+                json!({ "fixed_delay": to_proto_json(delay), "percentage": percent(p) });
+        }
+        if let Some((abort, p)) = fault.abort {
+            config["abort"] = match abort {
+                FaultAbort::Http(status) => {
+                    json!({ "http_status": status, "percentage": percent(p) })
+                }
+                FaultAbort::Grpc(code) => json!({ "grpc_status": code, "percentage": percent(p) }),
+            };
+        }
+        out.insert("envoy.filters.http.fault".into(), config);
+    }
+    if let Some(cors) = &policy.cors {
+        let mut config = json!({
+            "@type": format!("{TYPE_PREFIX}envoy.extensions.filters.http.cors.v3.CorsPolicy"),
+            "allow_origin_string_match": cors.allow_origins.iter()
+                .map(|m| string_matcher(m).remove("string_match").unwrap_or_else(|| json!({ "safe_regex": { "regex": ".*" } })))
+                .collect::<Vec<_>>(),
+            "allow_credentials": cors.allow_credentials,
+        });
+        for (key, value) in [
+            ("allow_methods", &cors.allow_methods),
+            ("allow_headers", &cors.allow_headers),
+            ("expose_headers", &cors.expose_headers),
+        ] {
+            if !value.is_empty() {
+                config[key] = value.clone().into();
+            }
+        }
+        if let Some(age) = cors.max_age {
+            config["max_age"] = age.to_string().into();
+        }
+        out.insert("envoy.filters.http.cors".into(), config);
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
 /// `cluster` for one destination, `weighted_clusters` for several.
 fn insert_clusters(out: &mut Map<String, Value>, clusters: &[WeightedCluster]) {
-    if let [single] = clusters {
+    if let [single] = clusters
+        && single.headers.is_none()
+    {
         out.insert("cluster".into(), single.name.clone().into());
     } else {
-        out.insert(
-            "weighted_clusters".into(),
-            json!({ "clusters": clusters.iter().map(|c| json!({ "name": c.name, "weight": c.weight })).collect::<Vec<_>>() }),
-        );
+        let clusters: Vec<Value> = clusters
+            .iter()
+            .map(|c| {
+                let mut o = Map::new();
+                o.insert("name".into(), c.name.clone().into());
+                o.insert("weight".into(), c.weight.into());
+                if let Some(h) = &c.headers {
+                    insert_header_policy(&mut o, h);
+                    if let Some(host) = &h.host_rewrite {
+                        o.insert("host_rewrite_literal".into(), host.clone().into());
+                    }
+                }
+                Value::Object(o)
+            })
+            .collect();
+        out.insert("weighted_clusters".into(), json!({ "clusters": clusters }));
     }
 }
 
@@ -265,6 +364,12 @@ pub fn route(r: &Route) -> Value {
         out.insert("name".into(), r.name.clone().into());
     }
     out.insert("match".into(), route_match(r));
+    if let Some(h) = &r.policy.headers {
+        insert_header_policy(&mut out, h);
+    }
+    if let Some(config) = per_filter_config(&r.policy) {
+        out.insert("typed_per_filter_config".into(), config);
+    }
     match &r.action {
         RouteAction::Forward(f) => {
             let mut action = Map::new();
@@ -278,8 +383,46 @@ pub fn route(r: &Route) -> Value {
             if let Some(p) = &f.prefix_rewrite {
                 action.insert("prefix_rewrite".into(), p.clone().into());
             }
+            if let Some((pattern, substitution)) = &f.regex_rewrite {
+                action.insert(
+                    "regex_rewrite".into(),
+                    json!({ "pattern": { "regex": pattern.source }, "substitution": substitution }),
+                );
+            }
             if let Some(h) = &f.host_rewrite {
                 action.insert("host_rewrite_literal".into(), h.clone().into());
+            }
+            if f.retry.attempts > 0 {
+                let mut retry = json!({
+                    "retry_on": f.retry.retry_on.to_envoy(),
+                    "num_retries": f.retry.attempts,
+                    "retry_host_predicate": [{ "name": "envoy.retry_host_predicates.previous_hosts" }],
+                    "host_selection_retry_max_attempts": "5",
+                });
+                if let Some(t) = f.retry.per_try_timeout {
+                    retry["per_try_timeout"] = to_proto_json(t).into();
+                }
+                if !f.retry.status_codes.is_empty() {
+                    retry["retriable_status_codes"] = json!(f.retry.status_codes);
+                }
+                action.insert("retry_policy".into(), retry);
+            }
+            if !f.mirrors.is_empty() {
+                action.insert(
+                    "request_mirror_policies".into(),
+                    f.mirrors
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "cluster": m.cluster,
+                                "runtime_fraction": { "default_value": {
+                                    "numerator": (m.percent * 10_000.0).round() as u64,
+                                    "denominator": "MILLION",
+                                }},
+                            })
+                        })
+                        .collect(),
+                );
             }
             action.insert("max_grpc_timeout".into(), "0s".into());
             out.insert("route".into(), Value::Object(action));
@@ -288,7 +431,14 @@ pub fn route(r: &Route) -> Value {
             let mut direct = Map::new();
             direct.insert("status".into(), (*status).into());
             if !body.is_empty() {
-                direct.insert("body".into(), json!({ "inline_string": body }));
+                let body = match std::str::from_utf8(body) {
+                    Ok(text) => json!({ "inline_string": text }),
+                    Err(_) => {
+                        use base64::Engine as _;
+                        json!({ "inline_bytes": base64::engine::general_purpose::STANDARD.encode(body) })
+                    }
+                };
+                direct.insert("body".into(), body);
             }
             out.insert("direct_response".into(), Value::Object(direct));
         }
@@ -409,13 +559,51 @@ fn cluster(c: &Cluster) -> Value {
         "type": "EDS",
         "eds_cluster_config": { "service_name": c.name },
         "connect_timeout": to_proto_json(c.connect_timeout),
-        "lb_policy": "ROUND_ROBIN",
+        "lb_policy": match &c.policy.lb {
+            LbPolicy::LeastRequest => "LEAST_REQUEST",
+            LbPolicy::RoundRobin => "ROUND_ROBIN",
+            LbPolicy::Random => "RANDOM",
+            LbPolicy::ConsistentHash(_) => "MAGLEV",
+        },
         "metadata": { "filter_metadata": { "istio": {
             "services": [ { "host": c.host, "name": service.rsplit('/').next(), "namespace": service.split('/').next() } ],
             "default_original_port": c.port,
             "subset": c.subset,
         }, "ingressd": { "discovered_by": kind } } },
     });
+    let limits = &c.policy.limits;
+    let limit = |v: Option<u32>| v.unwrap_or(u32::MAX);
+    out["circuit_breakers"] = json!({ "thresholds": [{
+        "max_connections": limit(limits.max_connections),
+        "max_pending_requests": limit(limits.max_pending_requests),
+        "max_requests": limit(limits.max_requests),
+        "max_retries": limit(limits.max_retries),
+    }]});
+    if let Some(o) = &c.policy.outlier {
+        out["outlier_detection"] = json!({
+            "consecutive_5xx": o.consecutive_5xx,
+            "consecutive_gateway_failure": o.consecutive_gateway_errors,
+            "enforcing_consecutive_gateway_failure": if o.consecutive_gateway_errors > 0 { 100 } else { 0 },
+            "interval": to_proto_json(o.interval),
+            "base_ejection_time": to_proto_json(o.base_ejection_time),
+            "max_ejection_percent": o.max_ejection_percent,
+        });
+        out["common_lb_config"] =
+            json!({ "healthy_panic_threshold": { "value": f64::from(o.min_health_percent) } });
+    }
+    if let LbPolicy::ConsistentHash(key) = &c.policy.lb {
+        out["metadata"]["filter_metadata"]["ingressd"]["hash_key"] = match key {
+            HashKey::Header(h) => json!({ "header": h.as_str() }),
+            HashKey::Cookie { name, path, ttl } => {
+                json!({ "cookie": { "name": name, "path": path, "ttl": ttl.map(to_proto_json) } })
+            }
+            HashKey::SourceIp => json!({ "source_ip": true }),
+            HashKey::QueryParam(q) => json!({ "query_parameter": q }),
+        };
+    }
+    if let Some(idle) = limits.idle_timeout {
+        out["common_http_protocol_options"] = json!({ "idle_timeout": to_proto_json(idle) });
+    }
     if c.protocol == UpstreamProtocol::Http2 {
         out["typed_extension_protocol_options"] = json!({
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -460,68 +460,29 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// 64-bit mix (splitmix64's finalizer) of a backend address and a seed.
-fn address_hash(address: SocketAddrV4, seed: u64) -> u64 {
-    let mut x = (u64::from(u32::from(*address.ip())) << 16 | u64::from(address.port())) ^ seed;
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// The weighted Maglev table (Maglev paper, section 3.4, with Katran's
-/// weights): each backend walks its own permutation of the slots, given by
-/// an offset and a skip from two hashes of its address, and takes the next
-/// free slot on its turn; a backend gets a turn each time its accumulated
-/// weight reaches the largest weight, so slot shares follow the weights.
-/// Deterministic in the set of (address, weight); zero weights get no
-/// slot; an empty set gives a table of zeros (the kernel drops with
-/// `DropNoBackend`).
+/// The weighted Maglev table of a service (see [`crate::maglev::table`]):
+/// backends in address order, identified by `ip << 16 | port`, slots
+/// holding backend ids. Deterministic in the set of (address, weight); zero
+/// weights get no slot; an empty set gives a table of zeros (the kernel
+/// drops with `DropNoBackend`).
 pub fn maglev_table(backends: &[WeightedBackend]) -> Vec<u32> {
-    let size = MAGLEV_SIZE as usize;
-    let mut table = vec![0u32; size];
     let mut live: Vec<&WeightedBackend> = backends.iter().filter(|b| b.weight > 0).collect();
     live.sort_by_key(|b| (b.address.ip().octets(), b.address.port()));
-    let Some(max_weight) = live.iter().map(|b| b.weight).max() else {
-        return table;
-    };
-    let m = u64::from(MAGLEV_SIZE);
-    let permutation: Vec<(u64, u64)> = live
+    let members: Vec<(u64, u64)> = live
         .iter()
         .map(|b| {
-            let offset = address_hash(b.address, 0x5eed_0ff5) % m;
-            let skip = address_hash(b.address, 0x5eed_5c1b) % (m - 1) + 1;
-            (offset, skip)
+            let identity =
+                u64::from(u32::from(*b.address.ip())) << 16 | u64::from(b.address.port());
+            (identity, b.weight)
         })
         .collect();
-    let mut next = vec![0u64; live.len()];
-    let mut credit = vec![0u64; live.len()];
-    let mut filled = 0usize;
-    while filled < size {
-        for (i, backend) in live.iter().enumerate() {
-            credit[i] += backend.weight;
-            if credit[i] < max_weight {
-                continue;
-            }
-            credit[i] -= max_weight;
-            let (offset, skip) = permutation[i];
-            // `skip` is coprime with the prime size, so the walk visits every
-            // slot and finds a free one while the table is not full.
-            loop {
-                let slot = ((offset + next[i] * skip) % m) as usize;
-                next[i] += 1;
-                if table[slot] == 0 {
-                    table[slot] = backend.id;
-                    break;
-                }
-            }
-            filled += 1;
-            if filled == size {
-                break;
-            }
-        }
-    }
-    table
+    crate::maglev::table(&members, u64::from(MAGLEV_SIZE))
+        .into_iter()
+        .map(|slot| match slot {
+            0 => 0,
+            index => live[index as usize - 1].id,
+        })
+        .collect()
 }
 
 /// Slots per backend id in `table` (0 = no backend is counted too).
@@ -888,6 +849,7 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Tcp,
             connect_timeout: Duration::from_secs(1),
+            policy: Default::default(),
         })
     }
 
@@ -905,6 +867,7 @@ mod tests {
                     .map(|(n, w)| WeightedCluster {
                         name: (*n).to_owned(),
                         weight: *w,
+                        headers: None,
                     })
                     .collect(),
                 stat_prefix: "x".into(),

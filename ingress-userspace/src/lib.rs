@@ -12,7 +12,7 @@
 //! ```
 //!
 //! `diag`, `wire`, `model`, `analyze`, `compile`, `snapshot`, `kernel_plan`, `explain`,
-//! `dump`, `pipeline` and `tls::names` are pure: no tokio, hyper or aya.
+//! `dump`, `pipeline`, `maglev` and `tls::names` are pure: no tokio, hyper or aya.
 
 pub mod admin;
 pub mod analyze;
@@ -23,6 +23,7 @@ pub mod dump;
 pub mod explain;
 pub mod kernel;
 pub mod kernel_plan;
+pub mod maglev;
 pub mod model;
 pub mod pipeline;
 pub mod proxy;

@@ -325,7 +325,34 @@ fn check(args: &ConfigArgs) -> ExitCode {
         println!("{diagnostic}");
     }
     let errors = outcome.diagnostics.errors().count();
-    let warnings = outcome.diagnostics.warnings().count();
+    let mut warnings = outcome.diagnostics.warnings().count();
+    // Certificates: read and checked as the daemon would load them. Only
+    // warnings: the files may live on the gateway's nodes, not here.
+    if let Some(snapshot) = &outcome.snapshot {
+        let runtime = ingress_userspace::tls::store::TlsRuntime::new();
+        let now = std::time::SystemTime::now();
+        for spec in ingress_userspace::tls::store::tls_contexts(snapshot) {
+            match runtime.probe(spec) {
+                Ok(info) if info.days_until_expiry(now) < 14 => {
+                    warnings += 1;
+                    println!(
+                        "warning: gateway {}.tls: certificate {} expires in {} day(s)",
+                        spec.name,
+                        info.subject,
+                        info.days_until_expiry(now)
+                    );
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    warnings += 1;
+                    println!(
+                        "warning: gateway {}.tls: TLS certificate not usable: {reason}",
+                        spec.name
+                    );
+                }
+            }
+        }
+    }
     let failed = errors > 0 || outcome.snapshot.is_none();
     println!(
         "{}: {errors} error(s), {warnings} warning(s)",

@@ -149,7 +149,14 @@ pub struct RequestSample<'a> {
     pub status: u16,
     pub flags: &'static str,
     pub duration_ms: f64,
+    /// `grpc-status` of a gRPC answer (headers or trailers).
+    pub grpc_status: Option<u32>,
 }
+
+/// gRPC status codes as label values.
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
 
 /// Reads extra metrics on each scrape (the kernel counters).
 pub type ScrapeHook = Box<dyn Collector>;
@@ -235,7 +242,10 @@ impl Metrics {
             destination_canonical_service: sample.destination.name.clone(),
             request_protocol: sample.protocol,
             response_code: sample.status,
-            grpc_response_status: "",
+            grpc_response_status: sample
+                .grpc_status
+                .and_then(|c| GRPC_CODES.get(c as usize).copied())
+                .unwrap_or(""),
             response_flags: sample.flags,
             connection_security_policy: "unknown",
         };
@@ -558,6 +568,7 @@ mod tests {
         m.record_request(&RequestSample {
             destination: &destination,
             protocol: "http",
+            grpc_status: None,
             status: 200,
             flags: "-",
             duration_ms: 3.0,

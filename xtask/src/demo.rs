@@ -65,10 +65,10 @@ pub fn run_demo(once: bool) -> Result<()> {
     println!("   backend mariadb on {MYSQL}:3306 (pods ns; database lab, user lab)");
 
     let config = ConfigDir::at(demo_dir.join("config"))?;
-    // The seed's HTTPS server, with a self-signed certificate so the file paths exist.
-    // TLS termination comes in a later issue: until then ingressd accepts the server,
-    // warns that it is not served yet, and leaves port 443 closed.
+    // The seed's HTTPS server (mode SIMPLE, certificate files as in the article's
+    // /etc/istio/ingressgateway-certs mount), with a self-signed certificate.
     let cert = self_signed_cert(&demo_dir.join("certs"))?;
+    let ca_file = cert.0.clone();
     let seed = SeedConfig {
         counter_backends: vec![COUNTER_A, COUNTER_B],
         counter_port: 8080,
@@ -104,8 +104,9 @@ pub fn run_demo(once: bool) -> Result<()> {
     print_indented(&daemon.stderr());
 
     let reached = send_requests(&topo, &ingressd, &config_path)?;
+    let reached_https = send_https_request(&topo, &ingressd, &config_path, &ca_file)?;
     print_kernel_counters(&topo)?;
-    print_next_steps(&ingressd, &config_path, &daemon);
+    print_next_steps(&ingressd, &config_path, &ca_file, &daemon);
 
     let outcome = if once {
         Ok(())
@@ -124,6 +125,11 @@ pub fn run_demo(once: bool) -> Result<()> {
     drop(topo);
     println!("   namespaces removed");
     outcome?;
+    if !reached_https {
+        bail!(
+            "the HTTPS request (https://{COUNTER_HOST}:30443/ with --cacert) did not reach a counter backend"
+        );
+    }
     if !reached {
         bail!(
             "the seed request (Host: {COUNTER_HOST} on 198.18.0.1:30080) did not reach a counter backend"
@@ -316,6 +322,67 @@ fn send_requests(topo: &Topology, ingressd: &Path, config: &Path) -> Result<bool
     Ok(reached)
 }
 
+/// The article's port 443: HTTPS through nodePort 30443 with the real curl,
+/// the name resolved to the node with `--resolve` and the certificate
+/// trusted with `--cacert`. Returns whether it reached a counter backend.
+fn send_https_request(topo: &Topology, ingressd: &Path, config: &Path, ca: &Path) -> Result<bool> {
+    let resolve = format!("{COUNTER_HOST}:30443:198.18.0.1");
+    let url = format!("https://{COUNTER_HOST}:30443/");
+    println!(
+        "\n$ ip netns exec {PREFIX}-client curl --resolve {resolve} --cacert {} {url}",
+        rel(ca).display()
+    );
+    let out = topo.exec(
+        Ns::Client,
+        "curl",
+        [
+            "-sS".as_ref(),
+            "--max-time".as_ref(),
+            "5".as_ref(),
+            "--resolve".as_ref(),
+            resolve.as_str().as_ref(),
+            "--cacert".as_ref(),
+            ca.as_os_str(),
+            "-w".as_ref(),
+            "\n%{http_code} %{http_version} %{ssl_verify_result}".as_ref(),
+            std::ffi::OsStr::new(&url),
+        ],
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, trailer) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut fields = trailer.split_whitespace();
+    let (status, version) = (fields.next().unwrap_or("-"), fields.next().unwrap_or("-"));
+    let backend: Option<serde_json::Value> = serde_json::from_str(body.trim()).ok();
+    let reached = status == "200" && backend.as_ref().is_some_and(|j| j["app"] == "counter");
+    match backend.filter(|_| reached) {
+        Some(j) => println!(
+            "   {status} over HTTP/{version} (TLS, certificate verified) from backend {} (its request #{})",
+            j["instance"].as_str().unwrap_or("?"),
+            j["count"]
+        ),
+        None => println!(
+            "   failed: status {status}, curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+    print_route(
+        ingressd,
+        config,
+        &[
+            "--port",
+            "30443",
+            "--host",
+            COUNTER_HOST,
+            "--path",
+            "/",
+            "--tls",
+        ],
+    );
+    Ok(reached)
+}
+
 /// Prints where `ingressd explain <args>` says the request goes, on one line.
 fn print_route(ingressd: &Path, config: &Path, args: &[&str]) {
     let config = config.to_string_lossy();
@@ -340,8 +407,13 @@ fn print_route(ingressd: &Path, config: &Path, args: &[&str]) {
         .filter(|v| !v.is_null())
         .map(|v| format!(", error {}", text(v)))
         .unwrap_or_default();
+    let chain = e
+        .get("filter_chain")
+        .and_then(|c| c.get("name"))
+        .map(|n| format!(", filter chain {}", text(n)))
+        .unwrap_or_default();
     println!(
-        "   route: listener {}, virtual_host {}, route {}, cluster {}{error}",
+        "   route: listener {}{chain}, virtual_host {}, route {}, cluster {}{error}",
         field(&e, "listener"),
         field(&e, "virtual_host"),
         route_text(e.get("route")),
@@ -376,9 +448,10 @@ fn text(v: &serde_json::Value) -> String {
     }
 }
 
-fn print_next_steps(ingressd: &Path, config: &Path, daemon: &Proc) {
+fn print_next_steps(ingressd: &Path, config: &Path, ca: &Path, daemon: &Proc) {
     let bin = rel(ingressd).display().to_string();
     let config = rel(config).display().to_string();
+    let ca = rel(ca).display().to_string();
     println!(
         "\n== try it yourself (from {}; as root)",
         crate::util::repo_root().display()
@@ -393,6 +466,13 @@ fn print_next_steps(ingressd: &Path, config: &Path, daemon: &Proc) {
             mariadb::PASSWORD,
             mariadb::DATABASE
         ),
+        format!(
+            "ip netns exec {PREFIX}-client curl -si --resolve {COUNTER_HOST}:30443:198.18.0.1 --cacert {ca} https://{COUNTER_HOST}:30443/"
+        ),
+        format!(
+            "ip netns exec {PREFIX}-client openssl s_client -connect 198.18.0.1:30443 -servername {COUNTER_HOST} -brief </dev/null"
+        ),
+        format!("ip netns exec {PREFIX}-node curl -s 127.0.0.1:15000/certs"),
         "bpftool link show   # the tcx and netns links ingressd pinned".to_owned(),
         format!(
             "ip netns exec {PREFIX}-client curl -si -H 'Host: {UNKNOWN_HOST}' http://198.18.0.1:30080/"

@@ -30,6 +30,7 @@ use crate::model::{
     self, Destination, Gateway, Host, HttpAction, HttpMatch, Model, RouteDestination, Server,
     TargetPort, TlsMode, VirtualService,
 };
+use crate::snapshot::policy::ClusterPolicy;
 use crate::snapshot::{
     CaSource, CertificateSource, ChainAction, ClientAuth, FilterChain, TlsContext, TlsListener,
     TlsVersion,
@@ -40,6 +41,7 @@ use crate::snapshot::{
     RouteMatch, RouteOrigin, ServerRef, Snapshot, StringMatcher, TcpProxy, UpstreamProtocol,
     VirtualHost, VirtualHostIndex, WeightedCluster,
 };
+use crate::snapshot::{MirrorPolicy, RetryPolicy, RoutePolicy};
 
 /// Istio's default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -485,22 +487,12 @@ impl<'a> Compiler<'a> {
         gateway: &'a Gateway,
         server: &'a Server,
     ) -> Vec<(FilterChain, &'a VirtualService, String)> {
-        let model = self.model;
         let gateway_name = gateway.meta.key();
         let mut out = Vec::new();
-        for vs in model
-            .virtual_services
-            .iter()
-            .filter(|vs| vs.binds_to(&gateway_name))
-        {
-            if matching_hosts(server, vs).is_empty() {
-                continue;
-            }
+        for vs in self.bound_virtual_services(gateway, server) {
             for route in &vs.tls {
                 for m in &route.matches {
-                    if m.port.is_some_and(|p| p != server.port.number)
-                        || (!m.gateways.is_empty() && !m.gateways.contains(&gateway_name))
-                    {
+                    if !m.l4.passes(server.port.number, &gateway_name) {
                         continue;
                     }
                     let mut names: Vec<String> = Vec::new();
@@ -695,20 +687,37 @@ impl<'a> Compiler<'a> {
         let mut out = Vec::new();
         for route in &vs.http {
             let mut catch_all = false;
-            if route.matches.is_empty() {
+            if let HttpAction::Delegate { name, namespace } = &route.action {
+                catch_all = route.matches.is_empty();
+                let applicable: Vec<&HttpMatch> = route
+                    .matches
+                    .iter()
+                    .filter(|m| match_applies(m, server_port, gateway_name))
+                    .collect();
+                if route.matches.is_empty() || !applicable.is_empty() {
+                    let roots: Vec<Option<&HttpMatch>> = if route.matches.is_empty() {
+                        vec![None]
+                    } else {
+                        applicable.into_iter().map(Some).collect()
+                    };
+                    self.delegated_routes(
+                        vs,
+                        route,
+                        name,
+                        namespace,
+                        &roots,
+                        server_port,
+                        &mut out,
+                    );
+                }
+            } else if route.matches.is_empty() {
                 if let Some(r) = self.translate_route(vs, route, None, server_port) {
                     out.push(r);
                 }
                 catch_all = true;
             } else {
                 for m in &route.matches {
-                    if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == gateway_name) {
-                        continue;
-                    }
-                    if m.port.is_some_and(|p| p != server_port) {
-                        continue;
-                    }
-                    if m.has_source_conditions {
+                    if !match_applies(m, server_port, gateway_name) {
                         continue;
                     }
                     if let Some(r) = self.translate_route(vs, route, Some(m), server_port) {
@@ -725,6 +734,89 @@ impl<'a> Compiler<'a> {
             }
         }
         out
+    }
+
+    /// Istio's delegation (one level): the routes of the delegate
+    /// VirtualService `namespace/name`, each of their matches merged with
+    /// each applicable match of the root route; a pair that cannot both
+    /// hold is left out.
+    #[allow(clippy::too_many_arguments)]
+    fn delegated_routes(
+        &mut self,
+        root: &VirtualService,
+        route: &model::HttpRoute,
+        name: &str,
+        namespace: &str,
+        roots: &[Option<&HttpMatch>],
+        server_port: u16,
+        out: &mut Vec<Route>,
+    ) {
+        let model = self.model;
+        let field = format!("spec.http[{}].delegate", route.index);
+        let Some(child) = model
+            .virtual_services
+            .iter()
+            .find(|v| v.meta.name == name && v.meta.namespace == namespace)
+        else {
+            self.warn(
+                &root.meta,
+                "virtualservice",
+                field,
+                format!(
+                    "delegate VirtualService {namespace}/{name} not found; this route is left out"
+                ),
+            );
+            return;
+        };
+        if !child.hosts.is_empty() || !child.gateways.is_empty() {
+            self.warn(&root.meta, "virtualservice", field, format!(
+                "{namespace}/{name} has hosts or gateways, so it cannot be a delegate (as in Istio); this route is left out"));
+            return;
+        }
+        for child_route in &child.http {
+            if matches!(child_route.action, HttpAction::Delegate { .. }) {
+                self.warn(
+                    &child.meta,
+                    "virtualservice",
+                    format!("spec.http[{}].delegate", child_route.index),
+                    "delegation is one level deep (as in Istio); this nested delegate is left out"
+                        .to_owned(),
+                );
+                continue;
+            }
+            let children: Vec<Option<&HttpMatch>> = if child_route.matches.is_empty() {
+                vec![None]
+            } else {
+                child_route.matches.iter().map(Some).collect()
+            };
+            for &root_match in roots {
+                for &child_match in &children {
+                    match merge_delegate_match(root_match, child_match) {
+                        Ok(merged) => {
+                            if let Some(r) = self.translate_route(
+                                child,
+                                child_route,
+                                merged.as_ref(),
+                                server_port,
+                            ) {
+                                out.push(r);
+                            }
+                        }
+                        Err(reason) => {
+                            let cfield = match child_match {
+                                Some(m) => {
+                                    format!("spec.http[{}].match[{}]", child_route.index, m.index)
+                                }
+                                None => format!("spec.http[{}]", child_route.index),
+                            };
+                            self.warn(&child.meta, "virtualservice", cfield, format!(
+                                "does not fit the delegating route of {} spec.http[{}] ({reason}); left out",
+                                root.meta.key(), route.index));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn translate_route(
@@ -744,11 +836,28 @@ impl<'a> Compiler<'a> {
                 if clusters.is_empty() {
                     return None;
                 }
+                let mirrors = route
+                    .mirrors
+                    .iter()
+                    .map(|(destination, percent)| MirrorPolicy {
+                        cluster: self.demand_cluster(destination, server_port),
+                        percent: *percent,
+                    })
+                    .collect();
+                let rewrite = route.rewrite.as_ref();
                 RouteAction::Forward(ForwardAction {
                     clusters,
                     timeout: route.timeout,
-                    prefix_rewrite: route.rewrite.as_ref().and_then(|r| r.uri.clone()),
-                    host_rewrite: route.rewrite.as_ref().and_then(|r| r.authority.clone()),
+                    prefix_rewrite: rewrite.and_then(|r| r.uri.clone()),
+                    regex_rewrite: rewrite.and_then(|r| r.uri_regex.clone()),
+                    host_rewrite: rewrite
+                        .and_then(|r| r.authority.clone())
+                        .or_else(|| route.headers.as_ref().and_then(|h| h.host_rewrite.clone())),
+                    retry: route
+                        .retries
+                        .clone()
+                        .unwrap_or_else(RetryPolicy::istio_default),
+                    mirrors,
                 })
             }
             HttpAction::Redirect(r) => RouteAction::Redirect(RedirectAction {
@@ -756,17 +865,16 @@ impl<'a> Compiler<'a> {
                 scheme: r.scheme.clone(),
                 authority: r.authority.clone(),
                 port: r.port,
+                derive_port: r.derive_port,
                 path: r.uri.clone(),
             }),
             HttpAction::DirectResponse { status, body } => RouteAction::DirectResponse {
                 status: *status,
-                body: body.clone(),
+                body: bytes::Bytes::from(body.clone()),
             },
-            HttpAction::Delegate { name, namespace } => {
-                self.warn(&vs.meta, "virtualservice", format!("spec.http[{}].delegate", route.index), format!(
-                    "delegation to {namespace}/{name} is not supported yet; this route is left out"));
-                return None;
-            }
+            // Expanded by `http_routes`; a delegate inside a delegate is
+            // reported there.
+            HttpAction::Delegate { .. } => return None,
         };
         let mut name = route.name.clone();
         if let Some(m) = m.filter(|m| !m.name.is_empty()) {
@@ -776,6 +884,11 @@ impl<'a> Compiler<'a> {
             name,
             matcher: m.map(route_match).unwrap_or_default(),
             action,
+            policy: Arc::new(RoutePolicy {
+                headers: route.headers.clone(),
+                fault: route.fault.clone(),
+                cors: route.cors.clone(),
+            }),
             origin: Some(RouteOrigin {
                 virtual_service: vs.meta.key(),
                 field,
@@ -794,6 +907,7 @@ impl<'a> Compiler<'a> {
             .map(|d| WeightedCluster {
                 name: self.demand_cluster(&d.destination, listener_port),
                 weight: d.weight,
+                headers: d.headers.clone(),
             })
             .collect()
     }
@@ -834,25 +948,31 @@ impl<'a> Compiler<'a> {
         Vec::new()
     }
 
+    /// The VirtualServices bound to `gateway` with a host in common with
+    /// `server`, in Istio order.
+    fn bound_virtual_services(
+        &self,
+        gateway: &'a Gateway,
+        server: &'a Server,
+    ) -> impl Iterator<Item = &'a VirtualService> + use<'a> {
+        let gateway_name = gateway.meta.key();
+        self.model
+            .virtual_services
+            .iter()
+            .filter(move |vs| vs.binds_to(&gateway_name) && !matching_hosts(server, vs).is_empty())
+    }
+
     /// The TCP proxy of a TCP server (or a terminating TLS server): the
     /// first `tcp[]` route whose match passes.
     fn tcp_proxy(&mut self, gateway: &'a Gateway, server: &'a Server) -> Option<TcpProxy> {
-        let model = self.model;
         let gateway_name = gateway.meta.key();
-        for vs in model
-            .virtual_services
-            .iter()
-            .filter(|vs| vs.binds_to(&gateway_name))
-        {
-            if matching_hosts(server, vs).is_empty() {
-                continue;
-            }
+        for vs in self.bound_virtual_services(gateway, server) {
             for route in &vs.tcp {
                 let matched = route.matches.is_empty()
-                    || route.matches.iter().any(|m| {
-                        m.port.is_none_or(|p| p == server.port.number)
-                            && (m.gateways.is_empty() || m.gateways.contains(&gateway_name))
-                    });
+                    || route
+                        .matches
+                        .iter()
+                        .any(|m| m.passes(server.port.number, &gateway_name));
                 if !matched {
                     continue;
                 }
@@ -904,6 +1024,39 @@ impl<'a> Compiler<'a> {
         out
     }
 
+    /// The merged `trafficPolicy` of a cluster and its connect timeout: the
+    /// first DestinationRule for the host with a top-level policy, its
+    /// `portLevelSettings` for the port, then the subset's policy and the
+    /// subset's port-level settings, each overriding what it sets.
+    fn cluster_policy(&self, demand: &ClusterDemand) -> (ClusterPolicy, Duration) {
+        let rules = || {
+            self.model
+                .destination_rules
+                .iter()
+                .filter(|dr| dr.host.as_str() == demand.host)
+        };
+        let top = rules()
+            .find_map(|dr| dr.policy.as_ref())
+            .map(|p| p.for_port(demand.port))
+            .unwrap_or_default();
+        let merged = match rules()
+            .flat_map(|dr| dr.subsets.iter())
+            .find(|s| !demand.subset.is_empty() && s.name == demand.subset)
+            .and_then(|s| s.policy.as_ref())
+        {
+            Some(subset) => top.overridden_by(&subset.for_port(demand.port)),
+            None => top,
+        };
+        (
+            ClusterPolicy {
+                lb: merged.lb.unwrap_or_default(),
+                limits: merged.limits.unwrap_or_default(),
+                outlier: merged.outlier,
+            },
+            merged.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )
+    }
+
     /// The subset's labels, or `None` when the subset is not defined (the
     /// cluster then does not exist). The empty subset has no labels.
     fn subset_labels(&self, demand: &ClusterDemand) -> Option<BTreeMap<String, String>> {
@@ -928,6 +1081,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Cluster> {
         let port = service.ports.iter().find(|p| p.port == demand.port)?;
         let labels = self.subset_labels(demand)?;
+        let (policy, connect_timeout) = self.cluster_policy(demand);
         let mut endpoints = Vec::new();
         let slices = self.model.endpoint_slices.iter().filter(|s| {
             s.meta.namespace == service.meta.namespace && s.service == service.meta.name
@@ -976,7 +1130,8 @@ impl<'a> Compiler<'a> {
             },
             endpoints,
             protocol: service_port_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout,
+            policy,
         })
     }
 
@@ -1003,6 +1158,7 @@ impl<'a> Compiler<'a> {
     ) -> Option<Cluster> {
         let port = se.ports.iter().find(|p| p.number == demand.port)?;
         let labels = self.subset_labels(demand)?;
+        let (policy, connect_timeout) = self.cluster_policy(demand);
         let mut endpoints: Vec<Endpoint> = se
             .endpoints
             .iter()
@@ -1034,8 +1190,101 @@ impl<'a> Compiler<'a> {
             },
             endpoints,
             protocol: service_port_protocol(Some(&port.name), port.protocol.as_deref()),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_timeout,
+            policy,
         })
+    }
+}
+
+/// Whether a match can apply at this gateway server: its `gateways` and
+/// `port` conditions, and no source conditions (a gateway has no source).
+fn match_applies(m: &HttpMatch, server_port: u16, gateway_name: &str) -> bool {
+    (m.gateways.is_empty() || m.gateways.iter().any(|g| g == gateway_name))
+        && m.port.is_none_or(|p| p == server_port)
+        && !m.has_source_conditions
+}
+
+/// Istio's merge of a delegating route's match with a delegate's match:
+/// the delegate's conditions, with the root's filling what it leaves
+/// unset; a delegate uri must stay within the root's (a prefix inside the
+/// root prefix, or the same exact path); the same condition set two
+/// different ways is a conflict.
+fn merge_delegate_match(
+    root: Option<&HttpMatch>,
+    child: Option<&HttpMatch>,
+) -> Result<Option<HttpMatch>, String> {
+    let (root, child) = match (root, child) {
+        (None, None) => return Ok(None),
+        (Some(r), None) => return Ok(Some(r.clone())),
+        (None, Some(c)) => return Ok(Some(c.clone())),
+        (Some(r), Some(c)) => (r, c),
+    };
+    let mut merged = child.clone();
+    merged.uri = match (&root.uri, &child.uri) {
+        (None, c) => c.clone(),
+        (r, None) => r.clone(),
+        (Some(StringMatcher::Prefix(r)), Some(c @ StringMatcher::Prefix(p)))
+        | (Some(StringMatcher::Prefix(r)), Some(c @ StringMatcher::Exact(p)))
+            if p.starts_with(r.as_str()) =>
+        {
+            Some(c.clone())
+        }
+        (Some(StringMatcher::Exact(r)), Some(c @ StringMatcher::Exact(p))) if r == p => {
+            Some(c.clone())
+        }
+        (Some(r), Some(c)) => {
+            return Err(format!(
+                "uri {} is not within {}",
+                matcher_text(c),
+                matcher_text(r)
+            ));
+        }
+    };
+    for (name, r, c) in [
+        ("method", &root.method, &mut merged.method),
+        ("authority", &root.authority, &mut merged.authority),
+        ("scheme", &root.scheme, &mut merged.scheme),
+    ] {
+        match (r, c.as_ref()) {
+            (Some(r), None) => *c = Some(r.clone()),
+            (Some(r), Some(cv)) if matcher_text(r) != matcher_text(cv) => {
+                return Err(format!("{name} conflicts"));
+            }
+            _ => {}
+        }
+    }
+    for (r, c) in [
+        (&root.headers, &mut merged.headers),
+        (&root.without_headers, &mut merged.without_headers),
+        (&root.query_params, &mut merged.query_params),
+    ] {
+        for (key, value) in r {
+            match c.iter().find(|(k, _)| k == key) {
+                Some((_, existing)) if matcher_text(existing) != matcher_text(value) => {
+                    return Err(format!("condition on {key} conflicts"));
+                }
+                Some(_) => {}
+                None => c.push((key.clone(), value.clone())),
+            }
+        }
+    }
+    merged.ignore_uri_case |= root.ignore_uri_case;
+    merged.port = merged.port.or(root.port);
+    if merged.gateways.is_empty() {
+        merged.gateways = root.gateways.clone();
+    }
+    if merged.name.is_empty() {
+        merged.name = root.name.clone();
+    }
+    Ok(Some(merged))
+}
+
+fn matcher_text(m: &StringMatcher) -> String {
+    match m {
+        StringMatcher::Exact(s) => format!("exact {s:?}"),
+        StringMatcher::Prefix(s) => format!("prefix {s:?}"),
+        StringMatcher::Regex(p) => format!("regex {:?}", p.source),
+        StringMatcher::Present => "present".to_owned(),
     }
 }
 

@@ -13,10 +13,17 @@ pub mod host;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::diag::{Diagnostic, Diagnostics, Source};
-use crate::snapshot::{Pattern, StringMatcher};
+use http::{HeaderName, HeaderValue};
+
+use crate::snapshot::policy::{HashKey, LbPolicy, OutlierPolicy, PoolLimits};
+use crate::snapshot::{
+    CorsPolicy, FaultAbort, FaultPolicy, HeaderOps, HeaderPolicy, Pattern, RetryPolicy,
+    StringMatcher,
+};
 use crate::tls::names::{CipherName, classify_cipher};
 use crate::wire::{self, Object, istio, k8s};
 
@@ -231,6 +238,13 @@ pub struct HttpRoute {
     pub action: HttpAction,
     pub timeout: Option<Duration>,
     pub rewrite: Option<Rewrite>,
+    /// `None`: Istio's default retry policy applies.
+    pub retries: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
+    /// `mirror` (+ `mirrorPercentage`) or `mirrors[]`: destination and percent.
+    pub mirrors: Vec<(Destination, f64)>,
+    pub cors: Option<CorsPolicy>,
+    pub headers: Option<HeaderPolicy>,
 }
 
 /// `http[].match[]`: all conditions must hold.
@@ -278,7 +292,7 @@ impl HttpMatch {
 pub enum HttpAction {
     Route(Vec<RouteDestination>),
     Redirect(Redirect),
-    DirectResponse { status: u16, body: String },
+    DirectResponse { status: u16, body: Vec<u8> },
     Delegate { name: String, namespace: String },
 }
 
@@ -287,6 +301,8 @@ pub enum HttpAction {
 pub struct RouteDestination {
     pub destination: Destination,
     pub weight: u32,
+    /// `route[].headers` (HTTP routes only).
+    pub headers: Option<Arc<HeaderPolicy>>,
 }
 
 /// `destination`.
@@ -304,15 +320,19 @@ pub struct Redirect {
     pub uri: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`.
+    pub derive_port: bool,
     pub scheme: Option<String>,
     pub code: u16,
 }
 
 /// `rewrite`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Rewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
+    /// `uriRegexRewrite`: the pattern and the replacement (regex crate syntax).
+    pub uri_regex: Option<(Pattern, String)>,
 }
 
 /// `tcp[]`.
@@ -337,8 +357,8 @@ pub struct TlsMatch {
     pub index: usize,
     /// Required, non-empty; each within the VirtualService's hosts.
     pub sni_hosts: Vec<Host>,
-    pub port: Option<u16>,
-    pub gateways: Vec<String>,
+    /// `port` and `gateways`.
+    pub l4: L4Match,
 }
 
 /// A Secret holding TLS material (`credentialName`), data decoded.
@@ -350,11 +370,43 @@ pub struct Secret {
     pub data: BTreeMap<String, Vec<u8>>,
 }
 
-/// `tcp[].match[]`.
+/// `tcp[].match[]` (and the `port`/`gateways` of `tls[].match[]`).
 #[derive(Clone, Debug, Default)]
 pub struct L4Match {
     pub port: Option<u16>,
     pub gateways: Vec<String>,
+}
+
+impl L4Match {
+    /// Whether the match admits the server port `port` of gateway `gateway`.
+    pub fn passes(&self, port: u16, gateway: &str) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && (self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway))
+    }
+}
+
+/// The `port`, `gateways` and `destinationSubnets` of an L4 or TLS match.
+fn convert_l4_match(
+    port: Option<i64>,
+    gateways: Option<&[String]>,
+    has_subnets: bool,
+    field: &str,
+    namespace: &str,
+    ctx: &mut Ctx<'_>,
+) -> L4Match {
+    let port = port.and_then(|p| ctx.port(p, &format!("{field}.port")));
+    let gateways = gateways
+        .unwrap_or_default()
+        .iter()
+        .map(|g| host::resolve_gateway_name(g, namespace))
+        .collect();
+    if has_subnets {
+        ctx.warning(
+            format!("{field}.destinationSubnets"),
+            "not supported at the gateway yet; ignored",
+        );
+    }
+    L4Match { port, gateways }
 }
 
 /// A DestinationRule (the parts the gateway uses so far: subsets).
@@ -363,6 +415,7 @@ pub struct DestinationRule {
     pub meta: Meta,
     pub host: Host,
     pub subsets: Vec<Subset>,
+    pub policy: Option<TrafficPolicy>,
 }
 
 /// `subsets[]`.
@@ -370,6 +423,42 @@ pub struct DestinationRule {
 pub struct Subset {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    pub policy: Option<TrafficPolicy>,
+}
+
+/// A `trafficPolicy` as written: each part is `None` when not given, so
+/// that subset and port-level policies override only what they set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    pub lb: Option<LbPolicy>,
+    pub limits: Option<PoolLimits>,
+    /// `connectionPool.tcp.connectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    pub outlier: Option<OutlierPolicy>,
+    /// `portLevelSettings`, by port number.
+    pub ports: Vec<(u16, TrafficPolicy)>,
+}
+
+impl TrafficPolicy {
+    /// `other`'s parts replace this one's where `other` sets them (Istio's
+    /// MergeTrafficPolicy, part by part).
+    pub fn overridden_by(&self, other: &TrafficPolicy) -> TrafficPolicy {
+        TrafficPolicy {
+            lb: other.lb.clone().or_else(|| self.lb.clone()),
+            limits: other.limits.clone().or_else(|| self.limits.clone()),
+            connect_timeout: other.connect_timeout.or(self.connect_timeout),
+            outlier: other.outlier.clone().or_else(|| self.outlier.clone()),
+            ports: Vec::new(),
+        }
+    }
+
+    /// This policy with its `portLevelSettings` for `port` applied.
+    pub fn for_port(&self, port: u16) -> TrafficPolicy {
+        match self.ports.iter().find(|(p, _)| *p == port) {
+            Some((_, level)) => self.overridden_by(level),
+            None => self.overridden_by(&TrafficPolicy::default()),
+        }
+    }
 }
 
 /// A ServiceEntry with static endpoints.
@@ -938,8 +1027,13 @@ fn convert_virtual_service(
     let namespace = object.namespace();
     let mut hosts = Vec::new();
     let raw_hosts = spec.hosts.as_deref().unwrap_or_default();
-    if raw_hosts.is_empty() && spec.http.is_some() {
-        ctx.error("spec.hosts", "a VirtualService needs at least one host");
+    // No hosts: a delegate (Istio's `delegate`), which must not bind to
+    // gateways itself.
+    if raw_hosts.is_empty() && spec.gateways.as_ref().is_some_and(|g| !g.is_empty()) {
+        ctx.error(
+            "spec.hosts",
+            "a VirtualService bound to gateways needs at least one host (only delegates have none)",
+        );
     }
     for (i, raw) in raw_hosts.iter().enumerate() {
         if raw.contains('/') {
@@ -986,23 +1080,14 @@ fn convert_virtual_service(
             .enumerate()
         {
             let mfield = format!("{field}.match[{m}]");
-            let port = raw
-                .port
-                .and_then(|p| ctx.port(p, &format!("{mfield}.port")));
-            let gateways = raw
-                .gateways
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| host::resolve_gateway_name(g, namespace))
-                .collect();
-            if raw.destination_subnets.is_some() {
-                ctx.warning(
-                    format!("{mfield}.destinationSubnets"),
-                    "not supported at the gateway yet; ignored",
-                );
-            }
-            matches.push(L4Match { port, gateways });
+            matches.push(convert_l4_match(
+                raw.port,
+                raw.gateways.as_deref(),
+                raw.destination_subnets.is_some(),
+                &mfield,
+                namespace,
+                ctx,
+            ));
         }
         let destinations = convert_destinations(
             route
@@ -1010,7 +1095,7 @@ fn convert_virtual_service(
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
-                .map(|d| (&d.destination, d.weight)),
+                .map(|d| (&d.destination, d.weight, None)),
             &field,
             namespace,
             ctx,
@@ -1060,27 +1145,18 @@ fn convert_virtual_service(
                 }
                 sni_hosts.push(sni_host);
             }
-            let port = raw
-                .port
-                .and_then(|p| ctx.port(p, &format!("{mfield}.port")));
-            let gateways = raw
-                .gateways
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .map(|g| host::resolve_gateway_name(g, namespace))
-                .collect();
-            if raw.destination_subnets.is_some() {
-                ctx.warning(
-                    format!("{mfield}.destinationSubnets"),
-                    "not supported at the gateway yet; ignored",
-                );
-            }
+            let l4 = convert_l4_match(
+                raw.port,
+                raw.gateways.as_deref(),
+                raw.destination_subnets.is_some(),
+                &mfield,
+                namespace,
+                ctx,
+            );
             matches.push(TlsMatch {
                 index: m,
                 sni_hosts,
-                port,
-                gateways,
+                l4,
             });
         }
         let destinations = convert_destinations(
@@ -1089,7 +1165,7 @@ fn convert_virtual_service(
                 .as_deref()
                 .unwrap_or_default()
                 .iter()
-                .map(|d| (&d.destination, d.weight)),
+                .map(|d| (&d.destination, d.weight, None)),
             &field,
             namespace,
             ctx,
@@ -1159,16 +1235,10 @@ fn convert_http_route(
             );
             return None;
         }
-        for (d, dest) in destinations.iter().enumerate() {
-            if dest.headers.is_some() {
-                ctx.warning(
-                    format!("{field}.route[{d}].headers"),
-                    "per-destination header operations are not supported yet; ignored",
-                );
-            }
-        }
         HttpAction::Route(convert_destinations(
-            destinations.iter().map(|d| (&d.destination, d.weight)),
+            destinations
+                .iter()
+                .map(|d| (&d.destination, d.weight, d.headers.as_ref())),
             &field,
             namespace,
             ctx,
@@ -1188,16 +1258,30 @@ fn convert_http_route(
         let port = redirect
             .port
             .and_then(|p| ctx.port(p, &format!("{field}.redirect.port")));
-        if redirect.derive_port.is_some() {
-            ctx.warning(
+        let derive_port = match redirect.derive_port.as_deref() {
+            None => false,
+            Some("FROM_REQUEST_PORT") => true,
+            Some("FROM_PROTOCOL_DEFAULT") => false,
+            Some(other) => {
+                ctx.error(
+                    format!("{field}.redirect.derivePort"),
+                    format!("unknown value {other:?}: expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"),
+                );
+                return None;
+            }
+        };
+        if derive_port && port.is_some() {
+            ctx.error(
                 format!("{field}.redirect.derivePort"),
-                "not supported yet; ignored",
+                "port and derivePort are mutually exclusive",
             );
+            return None;
         }
         HttpAction::Redirect(Redirect {
             uri: redirect.uri.clone(),
             authority: redirect.authority.clone(),
             port,
+            derive_port,
             scheme: redirect.scheme.clone(),
             code,
         })
@@ -1222,15 +1306,22 @@ fn convert_http_route(
         let body = match &direct.body {
             Some(istio::HttpBody {
                 string: Some(s), ..
-            }) => s.clone(),
-            Some(istio::HttpBody { bytes: Some(_), .. }) => {
-                ctx.warning(
-                    format!("{field}.directResponse.body.bytes"),
-                    "bytes bodies are not supported yet; an empty body is sent",
-                );
-                String::new()
+            }) => s.clone().into_bytes(),
+            Some(istio::HttpBody { bytes: Some(b), .. }) => {
+                use base64::Engine as _;
+                let compact: String = b.split_ascii_whitespace().collect();
+                match base64::engine::general_purpose::STANDARD.decode(compact) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        ctx.error(
+                            format!("{field}.directResponse.body.bytes"),
+                            format!("invalid base64: {err}"),
+                        );
+                        return None;
+                    }
+                }
             }
-            _ => String::new(),
+            _ => Vec::new(),
         };
         HttpAction::DirectResponse { status, body }
     } else if let Some(delegate) = &route.delegate {
@@ -1256,39 +1347,135 @@ fn convert_http_route(
         .as_deref()
         .and_then(|t| ctx.duration(t, &format!("{field}.timeout")))
         .filter(|d| !d.is_zero());
-    let rewrite = route.rewrite.as_ref().map(|r| {
-        if r.uri_regex_rewrite.is_some() {
+    let rewrite = match &route.rewrite {
+        None => None,
+        Some(r) => {
+            let uri_regex = match &r.uri_regex_rewrite {
+                None => None,
+                Some(rr) => {
+                    let rfield = format!("{field}.rewrite.uriRegexRewrite");
+                    let pattern = ctx.required(&rr.pattern, &format!("{rfield}.match"))?;
+                    let replacement = ctx.required(&rr.rewrite, &format!("{rfield}.rewrite"))?;
+                    match regex::Regex::new(pattern) {
+                        Ok(regex) => Some((
+                            Pattern {
+                                source: pattern.clone(),
+                                regex,
+                            },
+                            // RE2's `\1` becomes the regex crate's `${1}`.
+                            regex_replacement(replacement),
+                        )),
+                        Err(err) => {
+                            ctx.error(format!("{rfield}.match"), format!("invalid regex: {err}"));
+                            return None;
+                        }
+                    }
+                }
+            };
+            if uri_regex.is_some() && r.uri.is_some() {
+                ctx.error(
+                    format!("{field}.rewrite"),
+                    "uri and uriRegexRewrite are mutually exclusive",
+                );
+                return None;
+            }
+            Some(Rewrite {
+                uri: r.uri.clone(),
+                authority: r.authority.clone(),
+                uri_regex,
+            })
+        }
+    };
+    let retries = route.retries.as_ref().map(|r| {
+        let rfield = format!("{field}.retries");
+        let mut policy = RetryPolicy::istio_default();
+        policy.attempts = match r.attempts {
+            None => 2,
+            Some(a) if a >= 0 => a as u32,
+            Some(a) => {
+                ctx.error(
+                    format!("{rfield}.attempts"),
+                    format!("invalid attempts {a}: must not be negative"),
+                );
+                0
+            }
+        };
+        policy.per_try_timeout = r
+            .per_try_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{rfield}.perTryTimeout")))
+            .filter(|d| !d.is_zero());
+        if let Some(on) = &r.retry_on {
+            match RetryPolicy::parse_retry_on(on) {
+                Ok((retry_on, codes)) => {
+                    policy.retry_on = retry_on;
+                    policy.status_codes = codes;
+                }
+                Err(err) => ctx.error(format!("{rfield}.retryOn"), err),
+            }
+        }
+        if r.retry_remote_localities.is_some() {
             ctx.warning(
-                format!("{field}.rewrite.uriRegexRewrite"),
-                "not supported yet; ignored",
+                format!("{rfield}.retryRemoteLocalities"),
+                "there are no localities at a single gateway; ignored",
             );
         }
-        Rewrite {
-            uri: r.uri.clone(),
-            authority: r.authority.clone(),
-        }
+        policy
     });
-    if let Some(retries) = &route.retries {
-        if let Some(t) = &retries.per_try_timeout {
-            ctx.duration(t, &format!("{field}.retries.perTryTimeout"));
+    let fault = route
+        .fault
+        .as_ref()
+        .and_then(|f| convert_fault(f, &format!("{field}.fault"), ctx));
+    let mut mirrors = Vec::new();
+    if let Some(mirror) = &route.mirror {
+        let percent = convert_percent(
+            route.mirror_percentage.as_ref(),
+            route.mirror_percent,
+            100.0,
+            &format!("{field}.mirrorPercentage"),
+            ctx,
+        );
+        if let Some(d) = convert_destination(mirror, &format!("{field}.mirror"), namespace, ctx) {
+            mirrors.push((d, percent));
         }
-        ctx.warning(
-            format!("{field}.retries"),
-            "retries are not supported yet; requests are tried once",
+    }
+    for (m, mirror) in route.mirrors.iter().flatten().enumerate() {
+        let mfield = format!("{field}.mirrors[{m}]");
+        let Some(destination) = ctx.required(&mirror.destination, &format!("{mfield}.destination"))
+        else {
+            continue;
+        };
+        let percent = convert_percent(
+            mirror.percentage.as_ref(),
+            None,
+            100.0,
+            &format!("{mfield}.percentage"),
+            ctx,
+        );
+        if let Some(d) = convert_destination(
+            destination,
+            &format!("{mfield}.destination"),
+            namespace,
+            ctx,
+        ) {
+            mirrors.push((d, percent));
+        }
+    }
+    if route.mirror.is_some() && route.mirrors.as_ref().is_some_and(|m| !m.is_empty()) {
+        ctx.error(
+            format!("{field}.mirrors"),
+            "mirror and mirrors are mutually exclusive",
         );
     }
-    for (name, present) in [
-        ("fault", route.fault.is_some()),
-        ("mirror", route.mirror.is_some()),
-        ("mirrors", route.mirrors.is_some()),
-        ("mirrorPercentage", route.mirror_percentage.is_some()),
-        ("corsPolicy", route.cors_policy.is_some()),
-        ("headers", route.headers.is_some()),
-    ] {
-        if present {
-            ctx.warning(format!("{field}.{name}"), "not supported yet; ignored");
-        }
-    }
+    let cors = route
+        .cors_policy
+        .as_ref()
+        .and_then(|c| convert_cors(c, &format!("{field}.corsPolicy"), ctx));
+    let headers = route
+        .headers
+        .as_ref()
+        .map(|h| convert_headers(h, &format!("{field}.headers"), ctx))
+        .filter(|h| *h != HeaderPolicy::default());
     Some(HttpRoute {
         index: i,
         name: route.name.clone().unwrap_or_default(),
@@ -1296,6 +1483,205 @@ fn convert_http_route(
         action,
         timeout,
         rewrite,
+        retries,
+        fault,
+        mirrors,
+        cors,
+        headers,
+    })
+}
+
+/// RE2 replacement syntax (`\\1`) to the regex crate's (`${1}`); a literal
+/// `$` is escaped.
+fn regex_replacement(rewrite: &str) -> String {
+    let mut out = String::with_capacity(rewrite.len());
+    let mut chars = rewrite.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                    digits.push(d);
+                    chars.next();
+                }
+                out.push_str(&format!("${{{digits}}}"));
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `fault`: a fixed delay and/or an abort, each for a percentage of requests
+/// (0 when no percentage is given, as Istio translates it).
+fn convert_fault(
+    fault: &istio::HttpFaultInjection,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<FaultPolicy> {
+    let mut out = FaultPolicy::default();
+    if let Some(delay) = &fault.delay {
+        let dfield = format!("{field}.delay");
+        if delay.exponential_delay.is_some() {
+            ctx.warning(
+                format!("{dfield}.exponentialDelay"),
+                "exponential delays are not supported (nor by Istio); ignored",
+            );
+        }
+        if delay.percentage.is_none() && delay.percent.is_none() {
+            ctx.warning(
+                format!("{dfield}.percentage"),
+                "no percentage: no request is delayed (Istio's translation); set percentage.value",
+            );
+        }
+        let percent = convert_percent(
+            delay.percentage.as_ref(),
+            delay.percent,
+            0.0,
+            &format!("{dfield}.percentage"),
+            ctx,
+        );
+        if let Some(d) = delay
+            .fixed_delay
+            .as_deref()
+            .and_then(|d| ctx.duration(d, &format!("{dfield}.fixedDelay")))
+        {
+            out.delay = Some((d, percent));
+        } else if delay.fixed_delay.is_none() {
+            ctx.error(format!("{dfield}.fixedDelay"), "required field is missing");
+        }
+    }
+    if let Some(abort) = &fault.abort {
+        let afield = format!("{field}.abort");
+        if abort.percentage.is_none() {
+            ctx.warning(
+                format!("{afield}.percentage"),
+                "no percentage: no request is aborted (Istio's translation); set percentage.value",
+            );
+        }
+        let percent = convert_percent(
+            abort.percentage.as_ref(),
+            None,
+            0.0,
+            &format!("{afield}.percentage"),
+            ctx,
+        );
+        let kind = match (
+            abort.http_status,
+            abort.grpc_status.as_deref(),
+            abort.http2_error.as_deref(),
+        ) {
+            (Some(s @ 200..=599), None, None) => Some(FaultAbort::Http(s as u16)),
+            (Some(s), None, None) => {
+                ctx.error(
+                    format!("{afield}.httpStatus"),
+                    format!("invalid status {s}: expected 200-599"),
+                );
+                None
+            }
+            (None, Some(g), None) => match grpc_status_code(g) {
+                Some(code) => Some(FaultAbort::Grpc(code)),
+                None => {
+                    ctx.error(
+                        format!("{afield}.grpcStatus"),
+                        format!("unknown gRPC status {g:?}"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(_)) => {
+                ctx.warning(
+                    format!("{afield}.http2Error"),
+                    "not supported (nor by Istio); ignored",
+                );
+                None
+            }
+            (None, None, None) => {
+                ctx.error(&afield, "one of httpStatus or grpcStatus is required");
+                None
+            }
+            _ => {
+                ctx.error(
+                    &afield,
+                    "httpStatus, grpcStatus and http2Error are mutually exclusive",
+                );
+                None
+            }
+        };
+        out.abort = kind.map(|k| (k, percent));
+    }
+    if fault.delay.is_none() && fault.abort.is_none() {
+        ctx.error(field, "a fault needs a delay or an abort");
+    }
+    Some(out)
+}
+
+/// gRPC status names (`UNAVAILABLE`) or numbers to codes.
+fn grpc_status_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let upper = name.trim().to_ascii_uppercase();
+    NAMES
+        .iter()
+        .position(|n| *n == upper)
+        .map(|p| p as u32)
+        .or_else(|| upper.parse::<u32>().ok().filter(|c| *c <= 16))
+}
+
+/// `corsPolicy`.
+fn convert_cors(cors: &istio::CorsPolicy, field: &str, ctx: &mut Ctx<'_>) -> Option<CorsPolicy> {
+    let mut origins = Vec::new();
+    for (i, m) in cors.allow_origins.iter().flatten().enumerate() {
+        if let Some(matcher) = ctx.string_match(m, &format!("{field}.allowOrigins[{i}]"), false) {
+            origins.push(matcher);
+        }
+    }
+    for origin in cors.allow_origin.iter().flatten() {
+        origins.push(StringMatcher::Exact(origin.clone()));
+    }
+    let max_age = cors
+        .max_age
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.maxAge")))
+        .map(|d| d.as_secs());
+    let forward_unmatched_preflights = match cors.unmatched_preflights.as_deref() {
+        None | Some("FORWARD") | Some("UNSPECIFIED") => true,
+        Some("IGNORE") => false,
+        Some(other) => {
+            ctx.error(
+                format!("{field}.unmatchedPreflights"),
+                format!("unknown value {other:?}: expected FORWARD or IGNORE"),
+            );
+            true
+        }
+    };
+    let join = |v: &Option<Vec<String>>| v.as_deref().unwrap_or_default().join(",");
+    Some(CorsPolicy {
+        allow_origins: origins,
+        allow_methods: join(&cors.allow_methods),
+        allow_headers: join(&cors.allow_headers),
+        expose_headers: join(&cors.expose_headers),
+        max_age,
+        allow_credentials: cors.allow_credentials.unwrap_or(false),
+        forward_unmatched_preflights,
     })
 }
 
@@ -1382,8 +1768,16 @@ fn convert_http_match(
     m
 }
 
+/// One `route[]` entry as the three routes give it: destination, weight and
+/// (HTTP only) header operations.
+type RawDestination<'a> = (
+    &'a Option<istio::Destination>,
+    Option<i64>,
+    Option<&'a istio::Headers>,
+);
+
 fn convert_destinations<'a>(
-    destinations: impl Iterator<Item = (&'a Option<istio::Destination>, Option<i64>)>,
+    destinations: impl Iterator<Item = RawDestination<'a>>,
     field: &str,
     namespace: &str,
     ctx: &mut Ctx<'_>,
@@ -1391,27 +1785,19 @@ fn convert_destinations<'a>(
     let destinations: Vec<_> = destinations.collect();
     let single = destinations.len() == 1;
     let mut out = Vec::new();
-    for (d, (destination, weight)) in destinations.into_iter().enumerate() {
+    for (d, (destination, weight, headers)) in destinations.into_iter().enumerate() {
         let dfield = format!("{field}.route[{d}]");
         let Some(destination) = ctx.required(destination, &format!("{dfield}.destination")) else {
             continue;
         };
-        let Some(host) = ctx.required(&destination.host, &format!("{dfield}.destination.host"))
-        else {
+        let Some(destination) = convert_destination(
+            destination,
+            &format!("{dfield}.destination"),
+            namespace,
+            ctx,
+        ) else {
             continue;
         };
-        let resolved = host::resolve_short_name(host, namespace, CLUSTER_DOMAIN);
-        if ctx
-            .host(&resolved, &format!("{dfield}.destination.host"))
-            .is_none()
-        {
-            continue;
-        }
-        let port = destination
-            .port
-            .as_ref()
-            .and_then(|p| p.number)
-            .and_then(|p| ctx.port(p, &format!("{dfield}.destination.port.number")));
         // A lone destination without a weight takes all the traffic.
         let weight = match weight {
             None if single => 100,
@@ -1427,13 +1813,14 @@ fn convert_destinations<'a>(
                 }
             },
         };
+        let headers = headers
+            .map(|h| convert_headers(h, &format!("{dfield}.headers"), ctx))
+            .filter(|h| *h != HeaderPolicy::default())
+            .map(Arc::new);
         out.push(RouteDestination {
-            destination: Destination {
-                host: resolved,
-                subset: destination.subset.clone().filter(|s| !s.is_empty()),
-                port,
-            },
+            destination,
             weight,
+            headers,
         });
     }
     if !out.is_empty() && out.iter().all(|d| d.weight == 0) {
@@ -1443,6 +1830,102 @@ fn convert_destinations<'a>(
         );
     }
     out
+}
+
+/// A `destination`: host (short names resolved), subset, port.
+fn convert_destination(
+    destination: &istio::Destination,
+    field: &str,
+    namespace: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<Destination> {
+    let host = ctx.required(&destination.host, &format!("{field}.host"))?;
+    let resolved = host::resolve_short_name(host, namespace, CLUSTER_DOMAIN);
+    ctx.host(&resolved, &format!("{field}.host"))?;
+    let port = destination
+        .port
+        .as_ref()
+        .and_then(|p| p.number)
+        .and_then(|p| ctx.port(p, &format!("{field}.port.number")));
+    Some(Destination {
+        host: resolved,
+        subset: destination.subset.clone().filter(|s| !s.is_empty()),
+        port,
+    })
+}
+
+/// `headers`: request and response operations; a `host`/`:authority` set
+/// on the request becomes a host rewrite, as Istio does.
+fn convert_headers(headers: &istio::Headers, field: &str, ctx: &mut Ctx<'_>) -> HeaderPolicy {
+    let mut policy = HeaderPolicy::default();
+    for (side, raw, request) in [
+        ("request", &headers.request, true),
+        ("response", &headers.response, false),
+    ] {
+        let Some(raw) = raw else { continue };
+        let mut ops = HeaderOps::default();
+        let mut pairs = |map: &Option<BTreeMap<String, String>>, op: &str, ctx: &mut Ctx<'_>| {
+            let mut out = Vec::new();
+            for (name, value) in map.iter().flatten() {
+                let f = format!("{field}.{side}.{op}.{name}");
+                let lower = name.to_ascii_lowercase();
+                if request && op == "set" && (lower == "host" || lower == ":authority") {
+                    policy.host_rewrite = Some(value.clone());
+                    continue;
+                }
+                match (
+                    HeaderName::from_bytes(lower.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    (Ok(n), Ok(v)) => out.push((n, v)),
+                    (Err(_), _) => ctx.error(f, format!("invalid header name {name:?}")),
+                    (_, Err(_)) => ctx.error(f, format!("invalid header value {value:?}")),
+                }
+            }
+            out
+        };
+        ops.set = pairs(&raw.set, "set", ctx);
+        ops.add = pairs(&raw.add, "add", ctx);
+        for (i, name) in raw.remove.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => ops.remove.push(n),
+                Err(_) => ctx.error(
+                    format!("{field}.{side}.remove[{i}]"),
+                    format!("invalid header name {name:?}"),
+                ),
+            }
+        }
+        if request {
+            policy.request = ops;
+        } else {
+            policy.response = ops;
+        }
+    }
+    policy
+}
+
+/// A `Percent` (or the deprecated integer), in [0, 100]; `default` when
+/// neither is given.
+fn convert_percent(
+    percentage: Option<&istio::Percent>,
+    legacy: Option<i64>,
+    default: f64,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> f64 {
+    let value = match (percentage.and_then(|p| p.value), legacy) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v as f64,
+        (None, None) => return default,
+    };
+    if !(0.0..=100.0).contains(&value) {
+        ctx.error(
+            field,
+            format!("invalid percentage {value}: expected 0 to 100"),
+        );
+        return default;
+    }
+    value
 }
 
 fn convert_destination_rule(
@@ -1472,22 +1955,360 @@ fn convert_destination_rule(
             );
             continue;
         }
+        let policy = subset
+            .traffic_policy
+            .as_ref()
+            .map(|tp| convert_traffic_policy(tp, &format!("spec.subsets[{i}].trafficPolicy"), ctx));
         subsets.push(Subset {
             name: name.clone(),
             labels: subset.labels.clone().unwrap_or_default(),
+            policy,
         });
     }
-    if spec.traffic_policy.is_some() {
-        ctx.warning(
-            "spec.trafficPolicy",
-            "traffic policies are not supported yet; round robin is used",
-        );
-    }
+    let policy = spec
+        .traffic_policy
+        .as_ref()
+        .map(|tp| convert_traffic_policy(tp, "spec.trafficPolicy", ctx));
     Some(DestinationRule {
         meta: meta(object),
         host,
         subsets,
+        policy,
     })
+}
+
+fn convert_traffic_policy(
+    tp: &istio::TrafficPolicy,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> TrafficPolicy {
+    let mut out = convert_policy_parts(
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
+        field,
+        ctx,
+    );
+    for (name, present) in [
+        ("tunnel", tp.tunnel.is_some()),
+        ("proxyProtocol", tp.proxy_protocol.is_some()),
+        ("retryBudget", tp.retry_budget.is_some()),
+    ] {
+        if present {
+            ctx.warning(
+                format!("{field}.{name}"),
+                "not supported at the gateway yet; ignored",
+            );
+        }
+    }
+    for (i, level) in tp.port_level_settings.iter().flatten().enumerate() {
+        let lfield = format!("{field}.portLevelSettings[{i}]");
+        let Some(port) = level
+            .port
+            .as_ref()
+            .and_then(|p| p.number)
+            .and_then(|n| ctx.port(n, &format!("{lfield}.port.number")))
+        else {
+            ctx.error(format!("{lfield}.port.number"), "required field is missing");
+            continue;
+        };
+        let parts = convert_policy_parts(
+            level.load_balancer.as_ref(),
+            level.connection_pool.as_ref(),
+            level.outlier_detection.as_ref(),
+            level.tls.as_ref(),
+            &lfield,
+            ctx,
+        );
+        out.ports.push((port, parts));
+    }
+    out
+}
+
+fn convert_policy_parts(
+    lb: Option<&istio::LoadBalancerSettings>,
+    pool: Option<&istio::ConnectionPoolSettings>,
+    outlier: Option<&istio::OutlierDetection>,
+    tls: Option<&serde_json::Value>,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> TrafficPolicy {
+    let mut out = TrafficPolicy::default();
+    if let Some(lb) = lb {
+        out.lb = convert_lb(lb, &format!("{field}.loadBalancer"), ctx);
+    }
+    if let Some(pool) = pool {
+        let (limits, connect_timeout) = convert_pool(pool, &format!("{field}.connectionPool"), ctx);
+        out.limits = Some(limits);
+        out.connect_timeout = connect_timeout;
+    }
+    if let Some(outlier) = outlier {
+        out.outlier = Some(convert_outlier(
+            outlier,
+            &format!("{field}.outlierDetection"),
+            ctx,
+        ));
+    }
+    if let Some(tls) = tls {
+        let mode = tls
+            .get("mode")
+            .and_then(|m| m.as_str())
+            .unwrap_or("DISABLE");
+        if mode != "DISABLE" {
+            ctx.warning(
+                format!("{field}.tls"),
+                format!("TLS to upstreams (mode {mode}) is not supported yet; connections to this destination are plaintext"),
+            );
+        }
+    }
+    out
+}
+
+fn convert_lb(
+    lb: &istio::LoadBalancerSettings,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> Option<LbPolicy> {
+    if lb.locality_lb_setting.is_some() {
+        ctx.warning(
+            format!("{field}.localityLbSetting"),
+            "a single gateway has no localities; ignored",
+        );
+    }
+    if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+        ctx.warning(
+            format!("{field}.warmup"),
+            "slow start is not supported yet; ignored",
+        );
+    }
+    match (lb.simple.as_deref(), &lb.consistent_hash) {
+        (Some(_), Some(_)) => {
+            ctx.error(field, "simple and consistentHash are mutually exclusive");
+            None
+        }
+        (Some(simple), None) => match simple.to_ascii_uppercase().as_str() {
+            "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Some(LbPolicy::LeastRequest),
+            "ROUND_ROBIN" => Some(LbPolicy::RoundRobin),
+            "RANDOM" => Some(LbPolicy::Random),
+            "PASSTHROUGH" => {
+                ctx.warning(format!("{field}.simple"), "PASSTHROUGH needs original-destination routing, which a gateway does not do; LEAST_REQUEST is used");
+                Some(LbPolicy::LeastRequest)
+            }
+            other => {
+                ctx.error(format!("{field}.simple"), format!("unknown load balancer {other:?}: expected LEAST_REQUEST, ROUND_ROBIN, RANDOM or PASSTHROUGH"));
+                None
+            }
+        },
+        (None, Some(hash)) => {
+            let hfield = format!("{field}.consistentHash");
+            let keys = [
+                hash.http_header_name.is_some(),
+                hash.http_cookie.is_some(),
+                hash.use_source_ip.unwrap_or(false),
+                hash.http_query_parameter_name.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                ctx.error(&hfield, "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName is required");
+                return None;
+            }
+            let key = if let Some(name) = &hash.http_header_name {
+                match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    Ok(n) => HashKey::Header(n),
+                    Err(_) => {
+                        ctx.error(
+                            format!("{hfield}.httpHeaderName"),
+                            format!("invalid header name {name:?}"),
+                        );
+                        return None;
+                    }
+                }
+            } else if let Some(cookie) = &hash.http_cookie {
+                let name = ctx
+                    .required(&cookie.name, &format!("{hfield}.httpCookie.name"))?
+                    .clone();
+                let ttl = cookie
+                    .ttl
+                    .as_deref()
+                    .and_then(|t| ctx.duration(t, &format!("{hfield}.httpCookie.ttl")))
+                    .filter(|d| !d.is_zero());
+                HashKey::Cookie {
+                    name,
+                    path: cookie.path.clone(),
+                    ttl,
+                }
+            } else if let Some(name) = &hash.http_query_parameter_name {
+                HashKey::QueryParam(name.clone())
+            } else {
+                HashKey::SourceIp
+            };
+            if hash.ring_hash.is_some() || hash.minimum_ring_size.is_some() {
+                ctx.warning(
+                    format!("{hfield}.ringHash"),
+                    "the gateway hashes with a Maglev table; ring settings are ignored",
+                );
+            }
+            Some(LbPolicy::ConsistentHash(key))
+        }
+        (None, None) => None,
+    }
+}
+
+fn convert_pool(
+    pool: &istio::ConnectionPoolSettings,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> (PoolLimits, Option<Duration>) {
+    let mut limits = PoolLimits::default();
+    let mut connect_timeout = None;
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
+        match v {
+            None => None,
+            Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => {
+                ctx.error(
+                    format!("{field}.{f}"),
+                    format!("invalid value {n}: must be positive"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(tcp) = &pool.tcp {
+        limits.max_connections = count(ctx, tcp.max_connections, "tcp.maxConnections");
+        connect_timeout = tcp
+            .connect_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{field}.tcp.connectTimeout")))
+            .filter(|d| !d.is_zero());
+        for (name, present) in [
+            ("tcpKeepalive", tcp.tcp_keepalive.is_some()),
+            (
+                "maxConnectionDuration",
+                tcp.max_connection_duration.is_some(),
+            ),
+            ("idleTimeout", tcp.idle_timeout.is_some()),
+        ] {
+            if present {
+                ctx.warning(format!("{field}.tcp.{name}"), "not enforced yet; ignored");
+            }
+        }
+    }
+    if let Some(http) = &pool.http {
+        limits.max_pending_requests = count(
+            ctx,
+            http.http1_max_pending_requests,
+            "http.http1MaxPendingRequests",
+        );
+        limits.max_requests = count(ctx, http.http2_max_requests, "http.http2MaxRequests");
+        limits.max_retries = count(ctx, http.max_retries, "http.maxRetries");
+        limits.idle_timeout = http
+            .idle_timeout
+            .as_deref()
+            .and_then(|t| ctx.duration(t, &format!("{field}.http.idleTimeout")))
+            .filter(|d| !d.is_zero());
+        for (name, present) in [
+            (
+                "maxRequestsPerConnection",
+                http.max_requests_per_connection.is_some(),
+            ),
+            (
+                "maxConcurrentStreams",
+                http.max_concurrent_streams.is_some(),
+            ),
+            ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
+            ("useClientProtocol", http.use_client_protocol.is_some()),
+        ] {
+            if present {
+                ctx.warning(format!("{field}.http.{name}"), "not enforced yet; ignored");
+            }
+        }
+    }
+    (limits, connect_timeout)
+}
+
+fn convert_outlier(
+    outlier: &istio::OutlierDetection,
+    field: &str,
+    ctx: &mut Ctx<'_>,
+) -> OutlierPolicy {
+    let mut out = OutlierPolicy::default();
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
+        match v {
+            None => None,
+            Some(n) if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            Some(n) => {
+                ctx.error(
+                    format!("{field}.{f}"),
+                    format!("invalid value {n}: must not be negative"),
+                );
+                None
+            }
+        }
+    };
+    if let Some(n) = count(
+        ctx,
+        outlier
+            .consecutive_5xx_errors
+            .or(outlier.consecutive_errors),
+        "consecutive5xxErrors",
+    ) {
+        out.consecutive_5xx = n;
+    } else if outlier.consecutive_gateway_errors.is_some() {
+        // Istio disables the 5xx detector when only gateway errors are given.
+        out.consecutive_5xx = 0;
+    }
+    if let Some(n) = count(
+        ctx,
+        outlier.consecutive_gateway_errors,
+        "consecutiveGatewayErrors",
+    ) {
+        out.consecutive_gateway_errors = n;
+    }
+    if let Some(d) = outlier
+        .interval
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.interval")))
+    {
+        out.interval = d;
+    }
+    if let Some(d) = outlier
+        .base_ejection_time
+        .as_deref()
+        .and_then(|d| ctx.duration(d, &format!("{field}.baseEjectionTime")))
+    {
+        out.base_ejection_time = d;
+    }
+    for (value, name, slot) in [
+        (
+            outlier.max_ejection_percent,
+            "maxEjectionPercent",
+            &mut out.max_ejection_percent,
+        ),
+        (
+            outlier.min_health_percent,
+            "minHealthPercent",
+            &mut out.min_health_percent,
+        ),
+    ] {
+        match value {
+            None => {}
+            Some(p @ 0..=100) => *slot = p as u32,
+            Some(p) => ctx.error(
+                format!("{field}.{name}"),
+                format!("invalid percentage {p}: expected 0 to 100"),
+            ),
+        }
+    }
+    if outlier.consecutive_local_origin_failures.is_some()
+        || outlier.split_external_local_origin_errors.is_some()
+    {
+        ctx.warning(
+            format!("{field}.splitExternalLocalOriginErrors"),
+            "local-origin failures count with the others; ignored",
+        );
+    }
+    out
 }
 
 fn convert_service_entry(

@@ -14,23 +14,23 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 
 use crate::snapshot::{
-    ChainAction, ForwardAction, ListenerKind, PathMatch, RedirectAction, RequestAttributes, Route,
-    RouteAction, RouteConfig, Snapshot, UpstreamProtocol,
+    ChainAction, FaultAbort, FaultPolicy, ListenerKind, PathMatch, RedirectAction,
+    RequestAttributes, Route, RouteAction, RouteConfig, Snapshot,
 };
 use crate::stats::{DestinationLabels, RequestSample};
 
 use super::access_log::AccessRecord;
-use super::upstream::{ClusterState, EndpointStats, choose_weighted, random_u64};
+use super::forward::{Downstream, roll_percent};
+use super::upstream::{ClusterState, EndpointStats};
 use super::{ConnInfo, Context, ListenerStats, ProxyError};
 
 /// The body of every response the proxy sends.
@@ -52,8 +52,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
+pub(super) const X_ENVOY_ORIGINAL_PATH: HeaderName =
+    HeaderName::from_static("x-envoy-original-path");
+pub(super) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// The request body sent upstream: the downstream body, counting its bytes.
@@ -121,6 +122,11 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(finisher) = &mut this.finisher
+                    && finisher.request_protocol == "grpc"
+                {
+                    finisher.grpc_status = grpc_status(trailers).or(finisher.grpc_status);
                 }
             }
             Poll::Ready(None) => this.finish(),
@@ -155,16 +161,20 @@ impl Drop for ResponseBody {
 }
 
 /// What is known about a request when it finishes.
-struct Finisher {
+pub struct Finisher {
     ctx: Arc<Context>,
     listener: Arc<ListenerStats>,
-    record: AccessRecord,
+    pub(super) record: AccessRecord,
     started: Instant,
     received: Arc<AtomicU64>,
     request_protocol: &'static str,
-    destination: Option<DestinationLabels>,
-    cluster: Option<Arc<ClusterState>>,
-    endpoint: Option<Arc<EndpointStats>>,
+    pub(super) destination: Option<DestinationLabels>,
+    pub(super) cluster: Option<Arc<ClusterState>>,
+    pub(super) endpoint: Option<Arc<EndpointStats>>,
+    /// A `tcp.maxConnections` slot, released when the request finishes.
+    pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// `grpc-status` of a gRPC answer, from its headers or trailers.
+    grpc_status: Option<u32>,
 }
 
 impl Finisher {
@@ -178,11 +188,11 @@ impl Finisher {
         if let Some(cluster) = &self.cluster {
             cluster.rq_active.fetch_sub(1, Ordering::Relaxed);
             cluster.count_status(status);
-            match self.record.flags {
-                "UF" => {
+            match self.record.flags.split(',').next() {
+                Some("UF") => {
                     cluster.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                 }
-                "UT" => {
+                Some("UT") => {
                     cluster.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
@@ -196,11 +206,11 @@ impl Finisher {
                 &endpoint.rq_success
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            match self.record.flags {
-                "UF" => {
+            match self.record.flags.split(',').next() {
+                Some("UF") => {
                     endpoint.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                 }
-                "UT" => {
+                Some("UT") => {
                     endpoint.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
@@ -213,6 +223,7 @@ impl Finisher {
             status,
             flags: self.record.flags,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
+            grpc_status: self.grpc_status,
         });
         self.ctx.access_log.write(&self.record);
     }
@@ -236,7 +247,7 @@ pub async fn serve_connection<I>(
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     let connection = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, %remote, "downstream connection error");
@@ -296,18 +307,33 @@ pub async fn serve(
         destination: None,
         cluster: None,
         endpoint: None,
+        permit: None,
+        grpc_status: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%error, "local reply");
-            finisher.record.flags = error.flag();
+            // Envoy lists the retry-limit flag after the failure's.
+            finisher.record.flags = match (finisher.record.flags, error.flag()) {
+                ("URX", "UF") => "UF,URX",
+                ("URX", "UC") => "UC,URX",
+                ("URX", "UT") => "UT,URX",
+                (_, flag) => flag,
+            };
             finisher.record.details = Some(error.details().to_owned());
             finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
-            local_reply(error.status(), error.body())
+            if request_protocol == "grpc" {
+                grpc_local_reply(error.status(), error.body())
+            } else {
+                local_reply(error.status(), error.body())
+            }
         }
     };
     finisher.record.status = response.status().as_u16();
+    if request_protocol == "grpc" {
+        finisher.grpc_status = grpc_status(response.headers());
+    }
     Ok(response.map(|inner| ResponseBody {
         inner,
         sent: 0,
@@ -349,6 +375,61 @@ async fn route_request(
         return Err(ProxyError::NoRoute);
     };
     finisher.record.route_name = Some(route.name.clone());
+    let policy = &route.policy;
+    // CORS first: a preflight the policy allows is answered here.
+    let origin = policy
+        .cors
+        .as_ref()
+        .and_then(|_| request.headers().get(header::ORIGIN).cloned());
+    let mut cors_headers = Vec::new();
+    if let (Some(cors), Some(origin)) = (&policy.cors, &origin) {
+        let allowed = origin.to_str().is_ok_and(|o| cors.allows_origin(o));
+        let preflight = request.method() == Method::OPTIONS
+            && request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight && (allowed || !cors.forward_unmatched_preflights) {
+            finisher.record.details = Some("cors_response".to_owned());
+            let mut response = local_reply(StatusCode::OK, Bytes::new());
+            if allowed {
+                response
+                    .headers_mut()
+                    .extend(cors.preflight_headers(origin));
+            }
+            return Ok(response);
+        }
+        if allowed {
+            cors_headers = cors.response_headers(origin);
+        }
+    }
+    let mut response = match fault(policy.fault.as_ref(), finisher).await {
+        Some(response) => response,
+        None => {
+            let downstream = Downstream {
+                authority: &authority,
+                scheme,
+                remote: conn.remote,
+            };
+            act(ctx, snapshot, route, request, downstream, &path, finisher).await?
+        }
+    };
+    if let Some(h) = &policy.headers {
+        h.response.apply(response.headers_mut());
+    }
+    response.headers_mut().extend(cors_headers);
+    Ok(response)
+}
+
+/// Does what the route says: answer, redirect or forward.
+async fn act(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    route: &Route,
+    request: Request<RequestBody>,
+    downstream: Downstream<'_>,
+    path: &str,
+    finisher: &mut Finisher,
+) -> Result<Response<ProxyBody>, ProxyError> {
     match &route.action {
         RouteAction::DirectResponse { status, body } => {
             finisher.record.details = Some("direct_response".to_owned());
@@ -357,7 +438,7 @@ async fn route_request(
         }
         RouteAction::Redirect(action) => {
             finisher.record.details = Some("direct_response".to_owned());
-            let location = redirect_location(action, scheme, &authority, &path);
+            let location = redirect_location(action, downstream.scheme, downstream.authority, path);
             let status =
                 StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let status = if status.is_redirection() {
@@ -368,131 +449,52 @@ async fn route_request(
             Ok(redirect(status, &location))
         }
         RouteAction::Forward(forward) => {
-            let downstream = Downstream {
-                authority: &authority,
-                scheme,
-            };
-            forward_request(ctx, snapshot, route, forward, request, downstream, finisher).await
+            super::forward::forward(ctx, snapshot, route, forward, request, downstream, finisher)
+                .await
         }
     }
 }
 
-/// What the downstream side of a forwarded request asked for.
-struct Downstream<'a> {
-    /// `:authority` / `Host`, as received.
-    authority: &'a str,
-    /// `http` or `https` (the downstream connection's).
-    scheme: &'static str,
-}
-
-async fn forward_request(
-    ctx: &Context,
-    snapshot: &Snapshot,
-    route: &Route,
-    forward: &ForwardAction,
-    mut request: Request<RequestBody>,
-    downstream: Downstream<'_>,
+/// `fault`: waits the delay (flag `DI`) and answers the abort (flag `FI`,
+/// an HTTP status or a gRPC status in a trailers-only 200), each for its
+/// percentage of requests. `None`: go on with the route.
+async fn fault(
+    fault: Option<&FaultPolicy>,
     finisher: &mut Finisher,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Downstream { authority, scheme } = downstream;
-    let choice = choose_weighted(&forward.clusters, random_u64())
-        .ok_or_else(|| ProxyError::ClusterNotFound(String::new()))?;
-    finisher.record.upstream_cluster = Some(choice.name.clone());
-    let cluster = snapshot
-        .cluster(&choice.name)
-        .ok_or_else(|| ProxyError::ClusterNotFound(choice.name.clone()))?;
-    finisher.destination = Some(DestinationLabels::of(cluster));
-    let state = ctx.balancer.state(&cluster.name);
-    state.rq_total.fetch_add(1, Ordering::Relaxed);
-    state.rq_active.fetch_add(1, Ordering::Relaxed);
-    finisher.cluster = Some(state.clone());
-    let Some(endpoint) = state.choose_endpoint(cluster) else {
-        state.cx_none_healthy.fetch_add(1, Ordering::Relaxed);
-        return Err(ProxyError::NoHealthyUpstream);
-    };
-    finisher.record.upstream_host = Some(endpoint.address);
-    let endpoint_stats = state.endpoint(endpoint.address);
-    endpoint_stats.rq_total.fetch_add(1, Ordering::Relaxed);
-    endpoint_stats.rq_active.fetch_add(1, Ordering::Relaxed);
-    finisher.endpoint = Some(endpoint_stats);
-
-    let http2 = cluster.protocol == UpstreamProtocol::Http2;
-    let original = path_and_query(request.uri()).to_owned();
-    let upstream_path = match &forward.prefix_rewrite {
-        Some(replacement) => rewrite_path(&original, &route.matcher.path, replacement),
-        None => original.clone(),
-    };
-    if upstream_path != original {
-        let value =
-            HeaderValue::from_str(&original).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        request.headers_mut().insert(X_ENVOY_ORIGINAL_PATH, value);
+) -> Option<Response<ProxyBody>> {
+    let fault = fault?;
+    if let Some((delay, percent)) = fault.delay
+        && roll_percent() < percent
+    {
+        finisher.record.flags = "DI";
+        tokio::time::sleep(delay).await;
     }
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.address.to_string())
-        .path_and_query(upstream_path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    *request.uri_mut() = uri;
-    *request.version_mut() = if http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    let host = forward.host_rewrite.as_deref().unwrap_or(authority);
-    if !host.is_empty() {
-        let value =
-            HeaderValue::from_str(host).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        request.headers_mut().insert(header::HOST, value);
+    let (abort, percent) = fault.abort?;
+    if roll_percent() >= percent {
+        return None;
     }
-    prepare_upstream(request.headers_mut(), http2, scheme);
-
-    let client = ctx.upstreams.for_cluster(cluster);
-    let sent_at = Instant::now();
-    let pending = client.request(request);
-    let result = match forward.timeout {
-        Some(timeout) => tokio::time::timeout(timeout, pending)
-            .await
-            .map_err(|_| ProxyError::Timeout)?,
-        None => pending.await,
-    };
-    let mut response = result.map_err(classify_client_error)?;
-    let service_time = sent_at.elapsed().as_millis() as u64;
-    finisher.record.upstream_service_time_ms = Some(service_time);
-    finisher.record.details = Some("via_upstream".to_owned());
-    if let Some(info) = response.extensions().get::<HttpInfo>() {
-        finisher.record.upstream_local = Some(info.local_addr());
-    }
-    strip_hop_by_hop(response.headers_mut());
-    response.headers_mut().insert(
-        X_ENVOY_UPSTREAM_SERVICE_TIME,
-        HeaderValue::from(service_time),
-    );
-    Ok(response.map(BodyExt::boxed))
-}
-
-/// Sorts a client error into connect failure, protocol error or reset.
-fn classify_client_error(error: hyper_util::client::legacy::Error) -> ProxyError {
-    let innermost = {
-        let mut source: &(dyn std::error::Error + 'static) = &error;
-        while let Some(next) = source.source() {
-            source = next;
+    finisher.record.flags = "FI";
+    finisher.record.details = Some("fault_filter_abort".to_owned());
+    Some(match abort {
+        FaultAbort::Http(status) => local_reply(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "fault filter abort",
+        ),
+        FaultAbort::Grpc(code) => {
+            let mut response = local_reply(StatusCode::OK, Bytes::new());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(code));
+            headers.insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            response
         }
-        source.to_string()
-    };
-    if error.is_connect() {
-        return ProxyError::ConnectFailure(innermost);
-    }
-    let mut source = std::error::Error::source(&error);
-    while let Some(e) = source {
-        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>()
-            && hyper_error.is_parse()
-        {
-            return ProxyError::UpstreamProtocol(hyper_error.to_string());
-        }
-        source = e.source();
-    }
-    ProxyError::UpstreamReset(innermost)
+    })
 }
 
 /// The route configuration serving `conn`: the listener's, or for a TLS
@@ -552,8 +554,9 @@ pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool, scheme: &'static s
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    // No upgrade support yet: without this the upstream would switch protocols
-    // on a connection the proxy cannot relay.
+    // Only WebSocket upgrades are relayed (`forward` puts them back); any
+    // other (`h2c`, ...) would switch protocols on a connection the proxy
+    // does not relay.
     headers.remove(header::UPGRADE);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
@@ -612,7 +615,12 @@ pub fn redirect_location(
             (host, if scheme_out == scheme { port } else { None })
         }
     };
-    let port = action.port.or(port);
+    // derivePort: FROM_REQUEST_PORT keeps the port the request came to.
+    let port = if action.derive_port {
+        split_host_port(authority).1
+    } else {
+        action.port.or(port)
+    };
     let port = match (scheme_out, port) {
         ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
         (_, Some(p)) => format!(":{p}"),
@@ -688,6 +696,43 @@ pub fn local_reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Proxy
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// `grpc-status` as a number (a trailers-only answer has it in its headers).
+pub(super) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A local reply to a gRPC request, as Envoy sends it: HTTP 200,
+/// trailers-only, `grpc-status` mapped from the HTTP status (404
+/// UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE, ...) and the reason as
+/// `grpc-message`.
+pub fn grpc_local_reply(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let code: u32 = match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    };
+    let mut response = local_reply(StatusCode::OK, Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", value);
+    }
     response
 }
 
@@ -802,6 +847,7 @@ mod tests {
                 scheme: scheme.map(str::to_owned),
                 authority: authority.map(str::to_owned),
                 port,
+                derive_port: false,
                 path: path.map(str::to_owned),
             }
         };

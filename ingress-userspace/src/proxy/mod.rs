@@ -6,6 +6,7 @@
 //! a status, a response flag and a body in exactly one place.
 
 pub mod access_log;
+pub mod forward;
 pub mod http;
 pub mod tcp;
 pub mod tls;
@@ -191,6 +192,12 @@ pub enum ProxyError {
     /// The request cannot be forwarded as it is (DPE).
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// A circuit breaker (`connectionPool`) refused the request (UO).
+    #[error("upstream overflow")]
+    Overflow,
+    /// The client went away while its request was read (DC).
+    #[error("downstream disconnected: {0}")]
+    DownstreamReset(String),
 }
 
 impl ProxyError {
@@ -198,11 +205,12 @@ impl ProxyError {
     pub fn source(&self) -> ErrorSource {
         match self {
             ProxyError::NoRoute | ProxyError::ClusterNotFound(_) => ErrorSource::Config,
-            ProxyError::BadRequest(_) => ErrorSource::Downstream,
+            ProxyError::BadRequest(_) | ProxyError::DownstreamReset(_) => ErrorSource::Downstream,
             ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_)
+            | ProxyError::Overflow
             | ProxyError::Timeout => ErrorSource::Upstream,
         }
     }
@@ -214,10 +222,11 @@ impl ProxyError {
             ProxyError::ClusterNotFound(_)
             | ProxyError::NoHealthyUpstream
             | ProxyError::ConnectFailure(_)
+            | ProxyError::Overflow
             | ProxyError::UpstreamReset(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::DownstreamReset(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -232,6 +241,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "UPE",
             ProxyError::Timeout => "UT",
             ProxyError::BadRequest(_) => "DPE",
+            ProxyError::DownstreamReset(_) => "DC",
+            ProxyError::Overflow => "UO",
         }
     }
 
@@ -252,6 +263,8 @@ impl ProxyError {
             }
             ProxyError::Timeout => "response_timeout",
             ProxyError::BadRequest(_) => "downstream_protocol_error",
+            ProxyError::DownstreamReset(_) => "downstream_remote_disconnect",
+            ProxyError::Overflow => "upstream_reset_before_response_started{overflow}",
         }
     }
 
@@ -270,6 +283,10 @@ impl ProxyError {
             ProxyError::UpstreamProtocol(_) => "upstream protocol error",
             ProxyError::Timeout => "upstream request timeout",
             ProxyError::BadRequest(_) => "bad request",
+            ProxyError::DownstreamReset(_) => "downstream disconnected",
+            ProxyError::Overflow => {
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+            }
         }
     }
 

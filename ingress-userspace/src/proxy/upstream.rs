@@ -7,17 +7,20 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::snapshot::policy::LbPolicy;
 use crate::snapshot::{Cluster, Endpoint, UpstreamProtocol, WeightedCluster};
 
-use super::http::RequestBody;
+use super::forward::UpstreamBody;
 
 /// Picks one of `clusters` in proportion to its weight. `roll` is a uniform
 /// random number. A zero total weight picks the first cluster.
@@ -37,6 +40,18 @@ pub fn choose_weighted(clusters: &[WeightedCluster], roll: u64) -> Option<&Weigh
     clusters.last()
 }
 
+/// A stable 64-bit identity of an endpoint address (the kernel's
+/// `ip << 16 | port` for IPv4).
+fn address_identity(address: &SocketAddr) -> u64 {
+    match address {
+        SocketAddr::V4(a) => u64::from(u32::from(*a.ip())) << 16 | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let ip = u128::from(*a.ip());
+            ((ip >> 64) as u64 ^ ip as u64).rotate_left(16) ^ u64::from(a.port())
+        }
+    }
+}
+
 /// A uniform random u64; not cryptographic, only for load balancing.
 pub fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +60,8 @@ pub fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Counters of one endpoint of one cluster, shown by `/clusters`.
+/// Counters of one endpoint of one cluster, shown by `/clusters`, and its
+/// outlier-detection state.
 #[derive(Debug, Default)]
 pub struct EndpointStats {
     pub cx_active: AtomicI64,
@@ -56,13 +72,71 @@ pub struct EndpointStats {
     pub rq_success: AtomicU64,
     pub rq_error: AtomicU64,
     pub rq_timeout: AtomicU64,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the endpoint is ejected.
+    ejected_until_ms: AtomicU64,
+    times_ejected: AtomicU32,
 }
+
+impl EndpointStats {
+    /// Whether outlier detection has this endpoint out right now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// How one try at an endpoint ended, for outlier detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryOutcome {
+    Status(u16),
+    /// Connect failure, reset or timeout: no answer.
+    LocalFailure,
+}
+
+/// The process-wide clock origin for ejection deadlines.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Envoy's `max_ejection_time` default.
+const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+/// Slots of a consistent-hash table (Envoy's Maglev default).
+const HASH_TABLE_SIZE: u64 = 65_537;
+
+/// What a request brings to endpoint selection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pick<'a> {
+    /// The consistent-hash key's hash, when the cluster hashes and the
+    /// request has the key.
+    pub hash: Option<u64>,
+    /// Endpoints already tried (retries prefer others).
+    pub avoid: &'a [SocketAddr],
+}
+
+/// A consistent-hash table and the endpoint addresses it was built for.
+type HashTable = (Vec<SocketAddr>, Arc<Vec<u32>>);
+
+/// What decides which pooled client a cluster uses: connect timeout,
+/// HTTP/2, idle timeout.
+type ClientKey = (Duration, bool, Option<Duration>);
 
 /// Balancing state and stats of one cluster.
 #[derive(Debug, Default)]
 pub struct ClusterState {
     next: AtomicUsize,
     endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointStats>>>,
+    /// The consistent-hash table and the endpoint set it was built for.
+    hash_table: Mutex<Option<HashTable>>,
+    /// `tcp.maxConnections` as a semaphore (and its size).
+    connections: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    pub rq_pending: AtomicU64,
+    pub retries_active: AtomicU64,
     pub rq_total: AtomicU64,
     pub rq_active: AtomicI64,
     pub rq_timeout: AtomicU64,
@@ -74,18 +148,167 @@ pub struct ClusterState {
     pub rq_5xx: AtomicU64,
     pub cx_tx_bytes: AtomicU64,
     pub cx_rx_bytes: AtomicU64,
+    /// `upstream_rq_retry`, `upstream_rq_retry_success`,
+    /// `upstream_rq_retry_limit_exceeded`, `upstream_rq_retry_overflow`.
+    pub rq_retry: AtomicU64,
+    pub rq_retry_success: AtomicU64,
+    pub rq_retry_limit_exceeded: AtomicU64,
+    pub rq_retry_overflow: AtomicU64,
+    /// `upstream_rq_pending_overflow`: requests refused by the circuit breakers.
+    pub rq_pending_overflow: AtomicU64,
+    /// `outlier_detection.ejections_enforced_total`.
+    pub ejections_total: AtomicU64,
 }
 
 impl ClusterState {
-    /// The next serving endpoint of `cluster`, round-robin; `None` when no
-    /// endpoint is serving.
+    /// The next endpoint for a request without a hash key (TCP connections,
+    /// mirrors).
     pub fn choose_endpoint<'c>(&self, cluster: &'c Cluster) -> Option<&'c Endpoint> {
-        let serving = cluster.endpoints.iter().filter(|e| e.serving).count();
-        if serving == 0 {
+        self.choose(cluster, Pick::default())
+    }
+
+    /// An endpoint by the cluster's load-balancing policy, among the
+    /// serving endpoints that outlier detection has not ejected, preferring
+    /// ones not in `pick.avoid`; `None` when none is available.
+    pub fn choose<'c>(&self, cluster: &'c Cluster, pick: Pick<'_>) -> Option<&'c Endpoint> {
+        let ejected = |e: &Endpoint| {
+            cluster.policy.outlier.is_some()
+                && self
+                    .endpoint_if_used(e.address)
+                    .is_some_and(|s| s.is_ejected())
+        };
+        let mut candidates: Vec<&Endpoint> = cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.serving && !ejected(e))
+            .collect();
+        if candidates.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % serving;
-        cluster.endpoints.iter().filter(|e| e.serving).nth(n)
+        if !pick.avoid.is_empty() {
+            let fresh: Vec<&Endpoint> = candidates
+                .iter()
+                .copied()
+                .filter(|e| !pick.avoid.contains(&e.address))
+                .collect();
+            if !fresh.is_empty() {
+                candidates = fresh;
+            }
+        }
+        let n = candidates.len();
+        let index = match (&cluster.policy.lb, pick.hash) {
+            (LbPolicy::ConsistentHash(_), Some(hash)) if pick.avoid.is_empty() => {
+                let table = self.hash_table(&candidates);
+                (table[(hash % HASH_TABLE_SIZE) as usize] as usize).saturating_sub(1)
+            }
+            (LbPolicy::RoundRobin, _) => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            (LbPolicy::Random | LbPolicy::ConsistentHash(_), _) => {
+                (random_u64() % n as u64) as usize
+            }
+            (LbPolicy::LeastRequest, _) => {
+                if n == 1 {
+                    0
+                } else {
+                    // Power of two choices: the less loaded of two random picks.
+                    let a = (random_u64() % n as u64) as usize;
+                    let b = (a + 1 + (random_u64() % (n as u64 - 1)) as usize) % n;
+                    let load = |i: usize| {
+                        self.endpoint_if_used(candidates[i].address)
+                            .map_or(0, |s| s.rq_active.load(Ordering::Relaxed))
+                    };
+                    if load(b) < load(a) { b } else { a }
+                }
+            }
+        };
+        candidates.get(index).copied()
+    }
+
+    /// The Maglev table over `candidates` (cached while they stay the same).
+    fn hash_table(&self, candidates: &[&Endpoint]) -> Arc<Vec<u32>> {
+        let addresses: Vec<SocketAddr> = candidates.iter().map(|e| e.address).collect();
+        let mut cached = self
+            .hash_table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_for, table)) = cached.as_ref()
+            && *built_for == addresses
+        {
+            return table.clone();
+        }
+        let members: Vec<(u64, u64)> = addresses.iter().map(|a| (address_identity(a), 1)).collect();
+        let table = Arc::new(crate::maglev::table(&members, HASH_TABLE_SIZE));
+        *cached = Some((addresses, table.clone()));
+        table
+    }
+
+    /// Counts a try's outcome at `endpoint` and ejects it when outlier
+    /// detection says so (never more than `max_ejection_percent` of the
+    /// cluster, but always at least one endpoint).
+    pub fn record_outcome(&self, cluster: &Cluster, endpoint: &EndpointStats, outcome: TryOutcome) {
+        let Some(policy) = &cluster.policy.outlier else {
+            return;
+        };
+        let (is_5xx, is_gateway) = match outcome {
+            TryOutcome::Status(s) => ((500..=599).contains(&s), matches!(s, 502..=504)),
+            TryOutcome::LocalFailure => (true, true),
+        };
+        let bump = |counter: &AtomicU32, hit: bool| {
+            if hit {
+                counter.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                counter.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let fives = bump(&endpoint.consecutive_5xx, is_5xx);
+        let gateways = bump(&endpoint.consecutive_gateway, is_gateway);
+        let tripped = (policy.consecutive_5xx > 0 && fives >= policy.consecutive_5xx)
+            || (policy.consecutive_gateway_errors > 0
+                && gateways >= policy.consecutive_gateway_errors);
+        if !tripped || endpoint.is_ejected() {
+            return;
+        }
+        let total = cluster.endpoints.len();
+        let ejected = cluster
+            .endpoints
+            .iter()
+            .filter(|e| {
+                self.endpoint_if_used(e.address)
+                    .is_some_and(|s| s.is_ejected())
+            })
+            .count();
+        let allowed = (total * policy.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return;
+        }
+        let times = endpoint.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let period = policy
+            .base_ejection_time
+            .saturating_mul(times)
+            .min(MAX_EJECTION_TIME.max(policy.base_ejection_time));
+        endpoint
+            .ejected_until_ms
+            .store(now_ms() + period.as_millis() as u64, Ordering::Relaxed);
+        endpoint.consecutive_5xx.store(0, Ordering::Relaxed);
+        endpoint.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.ejections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `tcp.maxConnections` semaphore for `limit` (replaced when the
+    /// limit changes; requests holding the old one finish on it).
+    pub fn connection_slots(&self, limit: u32) -> Arc<Semaphore> {
+        let mut slot = self
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some((size, semaphore)) if *size == limit => semaphore.clone(),
+            _ => {
+                let semaphore = Arc::new(Semaphore::new(limit as usize));
+                *slot = Some((limit, semaphore.clone()));
+                semaphore
+            }
+        }
     }
 
     /// The stats of the endpoint at `address`.
@@ -171,20 +394,22 @@ impl Balancer {
 }
 
 /// The upstream client type: pooled keep-alive connections over TCP.
-pub type HttpClient = Client<HttpConnector, RequestBody>;
+pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
-/// One pooled client per (connect timeout, protocol): the connect timeout is
-/// a property of the connector, so clusters that differ in it cannot share.
+/// One pooled client per (connect timeout, protocol, idle timeout): those
+/// are properties of the connector and the pool, so clusters that differ
+/// in them cannot share.
 #[derive(Debug, Default)]
 pub struct UpstreamClients {
-    clients: RwLock<HashMap<(Duration, bool), HttpClient>>,
+    clients: RwLock<HashMap<ClientKey, HttpClient>>,
 }
 
 impl UpstreamClients {
     /// The client for `cluster`.
     pub fn for_cluster(&self, cluster: &Cluster) -> HttpClient {
         let http2 = cluster.protocol == UpstreamProtocol::Http2;
-        let key = (cluster.connect_timeout, http2);
+        let idle = cluster.policy.limits.idle_timeout;
+        let key = (cluster.connect_timeout, http2, idle);
         if let Some(client) = self
             .clients
             .read()
@@ -198,7 +423,7 @@ impl UpstreamClients {
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(idle.unwrap_or(Duration::from_secs(60)))
             .http2_only(http2)
             .build(connector);
         self.clients
@@ -222,6 +447,7 @@ mod tests {
             .map(|(i, &weight)| WeightedCluster {
                 name: format!("c{i}"),
                 weight,
+                headers: None,
             })
             .collect()
     }
@@ -271,16 +497,18 @@ mod tests {
                 .collect(),
             protocol: UpstreamProtocol::Http1,
             connect_timeout: Duration::from_secs(10),
+            policy: Default::default(),
         }
     }
 
     #[test]
     fn round_robin_skips_endpoints_that_are_not_serving() {
-        let c = cluster(&[
+        let mut c = cluster(&[
             ("198.18.1.1:80", true),
             ("198.18.1.2:80", false),
             ("198.18.1.3:80", true),
         ]);
+        c.policy.lb = LbPolicy::RoundRobin;
         let state = ClusterState::default();
         let picks: Vec<String> = (0..4)
             .map(|_| state.choose_endpoint(&c).unwrap().address.to_string())
@@ -303,9 +531,103 @@ mod tests {
     }
 
     #[test]
+    fn least_request_prefers_the_less_loaded_endpoint() {
+        let c = cluster(&[("198.18.1.1:80", true), ("198.18.1.2:80", true)]);
+        let state = ClusterState::default();
+        let busy: SocketAddr = "198.18.1.1:80".parse().unwrap();
+        state.endpoint(busy).rq_active.store(5, Ordering::Relaxed);
+        for _ in 0..50 {
+            assert_ne!(state.choose_endpoint(&c).unwrap().address, busy);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_spreads() {
+        let mut c = cluster(&[
+            ("198.18.1.1:80", true),
+            ("198.18.1.2:80", true),
+            ("198.18.1.3:80", true),
+        ]);
+        c.policy.lb = LbPolicy::ConsistentHash(crate::snapshot::policy::HashKey::SourceIp);
+        let state = ClusterState::default();
+        let pick_in = |c: &Cluster, hash: u64| {
+            state
+                .choose(
+                    c,
+                    Pick {
+                        hash: Some(hash),
+                        avoid: &[],
+                    },
+                )
+                .unwrap()
+                .address
+        };
+        let pick = |hash: u64| pick_in(&c, hash);
+        let mut seen = std::collections::BTreeSet::new();
+        for key in 0..300u64 {
+            let hash = crate::maglev::mix(key, 7);
+            let first = pick(hash);
+            assert_eq!(pick(hash), first, "same key, same endpoint");
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "keys spread over every endpoint");
+        // Removing one endpoint moves only the keys that were on it.
+        let moved_before: Vec<SocketAddr> = (0..300u64)
+            .map(|k| pick(crate::maglev::mix(k, 7)))
+            .collect();
+        let mut c2 = cluster(&[
+            ("198.18.1.1:80", true),
+            ("198.18.1.2:80", true),
+            ("198.18.1.3:80", false),
+        ]);
+        c2.policy.lb = c.policy.lb.clone();
+        let gone: SocketAddr = "198.18.1.3:80".parse().unwrap();
+        for (k, before) in moved_before.iter().enumerate() {
+            let now = pick_in(&c2, crate::maglev::mix(k as u64, 7));
+            if *before != gone {
+                assert_eq!(now, *before, "key {k} stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn outlier_detection_ejects_and_returns() {
+        let mut c = cluster(&[("198.18.1.1:80", true), ("198.18.1.2:80", true)]);
+        c.policy.outlier = Some(crate::snapshot::policy::OutlierPolicy {
+            consecutive_5xx: 2,
+            base_ejection_time: Duration::from_millis(200),
+            ..Default::default()
+        });
+        let state = ClusterState::default();
+        let bad: SocketAddr = "198.18.1.1:80".parse().unwrap();
+        let other: SocketAddr = "198.18.1.2:80".parse().unwrap();
+        let stats = state.endpoint(bad);
+        state.record_outcome(&c, &stats, TryOutcome::Status(503));
+        assert!(!stats.is_ejected(), "one failure is not enough");
+        state.record_outcome(&c, &stats, TryOutcome::Status(200));
+        state.record_outcome(&c, &stats, TryOutcome::Status(503));
+        assert!(!stats.is_ejected(), "a success resets the count");
+        state.record_outcome(&c, &stats, TryOutcome::LocalFailure);
+        assert!(stats.is_ejected());
+        for _ in 0..20 {
+            assert_eq!(state.choose_endpoint(&c).unwrap().address, other);
+        }
+        // At most 10% (but at least one) may be out: the other stays in.
+        let other_stats = state.endpoint(other);
+        for _ in 0..4 {
+            state.record_outcome(&c, &other_stats, TryOutcome::Status(500));
+        }
+        assert!(!other_stats.is_ejected());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!stats.is_ejected(), "back after the ejection time");
+        assert_eq!(state.ejections_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn balancer_state_survives_lookups_by_name() {
         let balancer = Balancer::default();
-        let c = cluster(&[("198.18.1.1:80", true), ("198.18.1.2:80", true)]);
+        let mut c = cluster(&[("198.18.1.1:80", true), ("198.18.1.2:80", true)]);
+        c.policy.lb = LbPolicy::RoundRobin;
         let first = balancer.state(&c.name).choose_endpoint(&c).unwrap().address;
         let second = balancer.state(&c.name).choose_endpoint(&c).unwrap().address;
         assert_ne!(first, second);

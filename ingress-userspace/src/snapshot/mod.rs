@@ -8,6 +8,7 @@
 //!
 //! Nothing here is mutable after compilation, and nothing here does I/O.
 
+pub mod policy;
 mod select;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 use regex::Regex;
 
+pub use policy::{
+    CorsPolicy, FaultAbort, FaultPolicy, HeaderOps, HeaderPolicy, MirrorPolicy, RetryPolicy,
+    RoutePolicy,
+};
 pub use select::{RequestAttributes, VirtualHostIndex};
 
 use crate::diag::Diagnostics;
@@ -332,6 +337,9 @@ pub struct Route {
     pub name: String,
     pub matcher: RouteMatch,
     pub action: RouteAction,
+    /// Header mutations, fault injection and CORS (shared by the routes of
+    /// one `http[]` rule).
+    pub policy: Arc<RoutePolicy>,
     /// Where the route came from (absent for generated routes such as the blackhole).
     pub origin: Option<RouteOrigin>,
 }
@@ -438,7 +446,7 @@ pub enum RouteAction {
     /// Proxy to one of the weighted clusters.
     Forward(ForwardAction),
     /// Answer directly (the blackhole 404, `directResponse`).
-    DirectResponse { status: u16, body: String },
+    DirectResponse { status: u16, body: bytes::Bytes },
     /// Answer with a redirect (`redirect`).
     Redirect(RedirectAction),
 }
@@ -452,8 +460,15 @@ pub struct ForwardAction {
     pub timeout: Option<Duration>,
     /// `rewrite.uri`: replaces the matched prefix (or the whole exact path).
     pub prefix_rewrite: Option<String>,
+    /// `rewrite.uriRegexRewrite`: every match of the pattern in the path is
+    /// replaced (`\1` style groups), as Envoy's `regex_rewrite`.
+    pub regex_rewrite: Option<(Pattern, String)>,
     /// `rewrite.authority`.
     pub host_rewrite: Option<String>,
+    /// `retries`, or Istio's default when the route has none.
+    pub retry: RetryPolicy,
+    /// `mirror`/`mirrors`: copies sent fire-and-forget.
+    pub mirrors: Vec<MirrorPolicy>,
 }
 
 /// A redirect answer.
@@ -463,14 +478,18 @@ pub struct RedirectAction {
     pub scheme: Option<String>,
     pub authority: Option<String>,
     pub port: Option<u16>,
+    /// `derivePort: FROM_REQUEST_PORT`: keep the port the request used.
+    pub derive_port: bool,
     pub path: Option<String>,
 }
 
 /// A destination and its relative weight.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    /// `route[].headers`: header mutations for this destination only.
+    pub headers: Option<Arc<HeaderPolicy>>,
 }
 
 /// An upstream cluster: one Service port (and subset) and its endpoints.
@@ -487,8 +506,10 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     /// Protocol spoken to the endpoints.
     pub protocol: UpstreamProtocol,
-    /// Istio's default is 10 s.
+    /// Istio's default is 10 s (`connectionPool.tcp.connectTimeout`).
     pub connect_timeout: Duration,
+    /// Load balancing, circuit breakers and outlier detection.
+    pub policy: policy::ClusterPolicy,
 }
 
 /// How a cluster's endpoints were discovered.
@@ -517,4 +538,59 @@ pub struct Endpoint {
     pub serving: bool,
     /// The Pod or the EndpointSlice target, for display.
     pub target: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(name: &str, server_names: &[&str]) -> FilterChain {
+        FilterChain {
+            name: name.to_owned(),
+            server_names: server_names.iter().map(|s| (*s).to_owned()).collect(),
+            action: ChainAction::Passthrough(TcpProxy {
+                clusters: Vec::new(),
+                stat_prefix: String::new(),
+                origin: RouteOrigin {
+                    virtual_service: String::new(),
+                    field: String::new(),
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn filter_chain_selection_follows_envoy() {
+        let listener = TlsListener {
+            chains: vec![
+                chain("wild", &["*.example.com"]),
+                chain("exact", &["shop.example.com", "api.example.org"]),
+                chain("deep", &["*.b.example.com"]),
+                chain("any", &[]),
+            ],
+        };
+        let cases = [
+            (Some("shop.example.com"), Some("exact")),
+            (Some("api.example.org"), Some("exact")),
+            (Some("x.example.com"), Some("wild")),
+            (Some("a.b.example.com"), Some("deep")),
+            (Some("a.c.example.com"), Some("wild")),
+            // A wildcard does not cover the bare domain.
+            (Some("example.com"), Some("any")),
+            (Some("other.org"), Some("any")),
+            (None, Some("any")),
+        ];
+        for (sni, want) in cases {
+            assert_eq!(
+                listener.select(sni).map(|c| c.name.as_str()),
+                want,
+                "{sni:?}"
+            );
+        }
+        let strict = TlsListener {
+            chains: vec![chain("exact", &["shop.example.com"])],
+        };
+        assert!(strict.select(None).is_none(), "no SNI, no catch-all");
+        assert!(strict.select(Some("x.example.com")).is_none());
+    }
 }

@@ -428,8 +428,9 @@ mod tests {
             },
             action: RouteAction::DirectResponse {
                 status: 200,
-                body: String::new(),
+                body: bytes::Bytes::new(),
             },
+            policy: Default::default(),
             origin: None,
         };
         let mut v = vhost("a", &["*"]);

@@ -198,6 +198,14 @@ impl TlsRuntime {
         }
     }
 
+    /// Loads and checks the material of `spec` without serving it
+    /// (`ingressd check`): the certificate's facts, or why it would not load.
+    pub fn probe(&self, spec: &TlsContext) -> Result<CertInfo, String> {
+        let inputs = read_inputs(spec)?;
+        self.build(spec, &inputs)
+            .map(|(_, material, _)| material.info)
+    }
+
     /// What `/certs` shows.
     pub fn report(&self) -> Vec<ContextReport> {
         let mut out: Vec<ContextReport> = self

@@ -86,13 +86,82 @@ pub struct HttpRoute {
     pub rewrite: Option<HttpRewrite>,
     pub timeout: Option<String>,
     pub retries: Option<HttpRetry>,
-    pub fault: Option<Value>,
+    pub fault: Option<HttpFaultInjection>,
     pub mirror: Option<Destination>,
-    pub mirror_percentage: Option<Value>,
-    pub mirror_percent: Option<Value>,
-    pub mirrors: Option<Vec<Value>>,
-    pub cors_policy: Option<Value>,
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    pub mirror_percent: Option<i64>,
+    pub mirrors: Option<Vec<HttpMirrorPolicy>>,
+    pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+/// `Percent`: a double in [0, 100].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Percent {
+    pub value: Option<f64>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub fixed_delay: Option<String>,
+    pub exponential_delay: Option<String>,
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percentage.
+    pub percent: Option<i64>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: Option<i64>,
+    pub grpc_status: Option<String>,
+    pub http2_error: Option<String>,
+    pub percentage: Option<Percent>,
+}
+
+/// `HTTPMirrorPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    pub destination: Option<Destination>,
+    pub percentage: Option<Percent>,
+}
+
+/// `CorsPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    pub allow_origins: Option<Vec<StringMatch>>,
+    /// Deprecated exact origins.
+    pub allow_origin: Option<Vec<String>>,
+    pub allow_methods: Option<Vec<String>>,
+    pub allow_headers: Option<Vec<String>>,
+    pub expose_headers: Option<Vec<String>>,
+    pub max_age: Option<String>,
+    pub allow_credentials: Option<bool>,
+    pub unmatched_preflights: Option<String>,
+}
+
+/// `RegexRewrite`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegexRewrite {
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    pub rewrite: Option<String>,
 }
 
 /// Istio's `StringMatch`: exactly one of the three.
@@ -216,7 +285,7 @@ pub struct Delegate {
 pub struct HttpRewrite {
     pub uri: Option<String>,
     pub authority: Option<String>,
-    pub uri_regex_rewrite: Option<Value>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
 /// `HTTPRetry`.
@@ -270,14 +339,12 @@ pub struct TlsMatchAttributes {
     pub source_namespace: Option<String>,
 }
 
-/// `DestinationRule.spec`. Traffic policies are kept as raw JSON until the
-/// features that read them exist; subsets are typed because clusters are
-/// named after them.
+/// `DestinationRule.spec`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: Option<String>,
-    pub traffic_policy: Option<Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
     pub subsets: Option<Vec<Subset>>,
     pub export_to: Option<Vec<String>>,
     pub workload_selector: Option<Value>,
@@ -289,7 +356,115 @@ pub struct DestinationRuleSpec {
 pub struct Subset {
     pub name: Option<String>,
     pub labels: Option<BTreeMap<String, String>>,
-    pub traffic_policy: Option<Value>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `TrafficPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<Value>,
+    pub port_level_settings: Option<Vec<PortTrafficPolicy>>,
+    pub tunnel: Option<Value>,
+    pub proxy_protocol: Option<Value>,
+    pub retry_budget: Option<Value>,
+}
+
+/// `TrafficPolicy.PortTrafficPolicy`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortSelector>,
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<Value>,
+}
+
+/// `LoadBalancerSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSettings {
+    pub simple: Option<String>,
+    pub consistent_hash: Option<ConsistentHashLb>,
+    pub locality_lb_setting: Option<Value>,
+    pub warmup_duration_secs: Option<String>,
+    pub warmup: Option<Value>,
+}
+
+/// `LoadBalancerSettings.ConsistentHashLB`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<Value>,
+    pub maglev: Option<Value>,
+    pub minimum_ring_size: Option<i64>,
+}
+
+/// `ConsistentHashLB.HTTPCookie`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub ttl: Option<String>,
+    pub attributes: Option<Vec<Value>>,
+}
+
+/// `ConnectionPoolSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    pub tcp: Option<TcpPoolSettings>,
+    pub http: Option<HttpPoolSettings>,
+}
+
+/// `ConnectionPoolSettings.TCPSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPoolSettings {
+    pub max_connections: Option<i64>,
+    pub connect_timeout: Option<String>,
+    pub tcp_keepalive: Option<Value>,
+    pub max_connection_duration: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// `ConnectionPoolSettings.HTTPSettings`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPoolSettings {
+    pub http1_max_pending_requests: Option<i64>,
+    pub http2_max_requests: Option<i64>,
+    pub max_requests_per_connection: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub idle_timeout: Option<String>,
+    pub h2_upgrade_policy: Option<String>,
+    pub use_client_protocol: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
+}
+
+/// `OutlierDetection`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub split_external_local_origin_errors: Option<bool>,
+    pub consecutive_local_origin_failures: Option<i64>,
+    pub consecutive_gateway_errors: Option<i64>,
+    pub consecutive_5xx_errors: Option<i64>,
+    /// Deprecated alias of consecutive5xxErrors.
+    pub consecutive_errors: Option<i64>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub min_health_percent: Option<i64>,
 }
 
 /// `ServiceEntry.spec`.
