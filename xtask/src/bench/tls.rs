@@ -519,6 +519,29 @@ pub fn top_symbols(report: &str, n: usize) -> Vec<(f64, String)> {
         .collect()
 }
 
+/// The entries of `perf report --stdio --sort dso` (lines like `    53.49%  ingressd`), as
+/// `(percent, dso)`.
+pub fn dso_shares(report: &str) -> Vec<(f64, String)> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let (pct, rest) = l.trim().split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            let dso = rest.trim();
+            (!dso.is_empty() && !dso.contains(' ')).then(|| (pct, dso.to_owned()))
+        })
+        .collect()
+}
+
+/// What `perf` saw of one server during a full-handshake run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// Share of the samples per binary or library (`[kernel.kallsyms]`: the kernel).
+    pub dsos: Vec<(f64, String)>,
+    /// The top symbols.
+    pub symbols: Vec<(f64, String)>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Results.
 
@@ -1105,8 +1128,8 @@ impl Bench<'_> {
     }
 
     /// One unmeasured full-handshake run with `perf record -e cpu-clock` attached to the
-    /// server's processes; returns the top symbols of `perf report`.
-    fn profile(&self, server: &Running) -> Result<Vec<(f64, String)>> {
+    /// server's processes; returns the shares per library and the top symbols.
+    fn profile(&self, server: &Running) -> Result<Profile> {
         let label = server.kind.label();
         let pids: Vec<String> = cpu::tree_cpu(server.proc.pid())?
             .pids
@@ -1142,16 +1165,23 @@ impl Bench<'_> {
             std::thread::sleep(Duration::from_millis(100));
         }
         load?;
-        let out = run_bounded(
-            Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "--sort", "dso,sym"])
-                .args(["--percent-limit", "0.5", "-i"])
-                .arg(&data),
-            Duration::from_secs(120),
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        std::fs::write(self.dir.join(format!("perf-{label}.txt")), text.as_bytes())?;
-        Ok(top_symbols(&text, 15))
+        let report = |sort: &str| -> Result<String> {
+            let out = run_bounded(
+                Command::new("perf")
+                    .args(["report", "--stdio", "--no-children", "--sort", sort])
+                    .args(["--percent-limit", "0.5", "-i"])
+                    .arg(&data),
+                Duration::from_secs(120),
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let name = format!("perf-{label}-{}.txt", sort.replace(',', "-"));
+            std::fs::write(self.dir.join(name), text.as_bytes())?;
+            Ok(text)
+        };
+        Ok(Profile {
+            dsos: dso_shares(&report("dso")?),
+            symbols: top_symbols(&report("dso,sym")?, 15),
+        })
     }
 
     /// Checks what both tests rely on: TLS 1.3 with X25519, AES-128-GCM and the ECDSA
@@ -1586,12 +1616,12 @@ pub fn run_tls(args: &TlsArgs) -> Result<()> {
         );
         for s in &servers {
             bench.check_stop()?;
-            let top = bench.profile(s)?;
+            let profile = bench.profile(s)?;
             println!("   {}:", s.kind.label());
-            for (pct, sym) in &top {
-                println!("   {pct:>6.2}%  {sym}");
+            for (pct, what) in profile.dsos.iter().chain(&profile.symbols) {
+                println!("   {pct:>6.2}%  {what}");
             }
-            profiles.push((s.kind, top));
+            profiles.push((s.kind, profile));
         }
     }
     let load_end = load_average();
@@ -1705,7 +1735,7 @@ fn section(
     runs: &[Run],
     servers: &[ServerKind],
     observed: &[(ServerKind, Observed)],
-    profiles: &[(ServerKind, Vec<(f64, String)>)],
+    profiles: &[(ServerKind, Profile)],
     facts: &Facts,
     args: &TlsArgs,
     cert_der_len: usize,
@@ -1841,7 +1871,7 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
 }
 
 /// The `### Profiles` subsection (empty without `--profile`).
-fn profile_section(profiles: &[(ServerKind, Vec<(f64, String)>)], handshakes: u64) -> String {
+fn profile_section(profiles: &[(ServerKind, Profile)], handshakes: u64) -> String {
     if profiles.is_empty() {
         return String::new();
     }
@@ -1849,15 +1879,25 @@ fn profile_section(profiles: &[(ServerKind, Vec<(f64, String)>)], handshakes: u6
         "### Profiles
 
 `perf record -e cpu-clock -F 999 -p <server's pids>` during one more full-handshake run of
-{handshakes} connections per server after the measured rounds; `perf report --no-children --sort
-dso,sym`, the top entries (share of the server's samples; `[kernel.kallsyms]` is the kernel on
-the server's behalf: TCP, epoll, syscalls).
+{handshakes} connections per server after the measured rounds; `perf report --no-children`, the
+share of the server's samples per binary or library (`--sort dso`; `[kernel.kallsyms]` is the
+kernel on the server's behalf: TCP, epoll, syscalls) and the top symbols (`--sort dso,sym`).
 
 "
     );
-    for (server, top) in profiles {
-        let _ = writeln!(t, "{}:\n\n| share | where |\n|--:|---|", server.label());
-        for (pct, sym) in top {
+    for (server, profile) in profiles {
+        let dsos: Vec<String> = profile
+            .dsos
+            .iter()
+            .map(|(pct, dso)| format!("{dso} {pct:.1}%"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "{}: {}\n\n| share | where |\n|--:|---|",
+            server.label(),
+            dsos.join(", ")
+        );
+        for (pct, sym) in &profile.symbols {
             let _ = writeln!(t, "| {pct:.2}% | `{sym}` |");
         }
         t.push('\n');
@@ -2020,7 +2060,22 @@ mod tests {
         );
         assert_eq!(top_symbols(report, 10).len(), 3);
         assert!(profile_section(&[], 1).is_empty());
-        let s = profile_section(&[(ServerKind::Nginx, top)], 1000);
+        let dsos = dso_shares(
+            "# Overhead  Shared Object\n#\n    53.49%  ingressd         \n    33.95%  [kernel.kallsyms]\n\n#\n",
+        );
+        assert_eq!(
+            dsos,
+            vec![
+                (53.49, "ingressd".to_owned()),
+                (33.95, "[kernel.kallsyms]".to_owned())
+            ]
+        );
+        let profile = Profile { dsos, symbols: top };
+        let s = profile_section(&[(ServerKind::Nginx, profile)], 1000);
+        assert!(
+            s.contains("nginx: ingressd 53.5%, [kernel.kallsyms] 34.0%\n"),
+            "{s}"
+        );
         assert!(s.contains("| 21.50% | `ingressd aws_lc_0_32_0_ecp_nistz256_ord_sqr_mont` |"));
     }
 
