@@ -1803,7 +1803,9 @@ server core busy is that CPU time over the run's wall time. Negotiated by both: 
   every connection but each client's first offers the session of the one before; nginx on a
   second port with `ssl_session_tickets on;` (stateless tickets, the session encrypted into
   the ticket, as rustls' `Ticketer` does for ingressd). The check before the
-  runs offers one session with `openssl s_client -sess_out`/`-sess_in` (resumed or not), and
+  runs offers one session with `openssl s_client -sess_out`/`-sess_in` (resumed or not; the
+  tickets column counts the tickets that first connection received; nginx also sends two,
+  unusable ones, on its port without resumption), and
   runs h2load for 200 connections with and without the library: without it the connections
   must receive at least 200 bytes less from a server that resumes (no Certificate, no
   CertificateVerify). The bytes per connection of every run are in the tables.
