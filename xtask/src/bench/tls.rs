@@ -793,19 +793,22 @@ pub fn target_verdict(runs: &[Run]) -> String {
 /// Notes on what limited the handshake rates and on resumption, from the runs.
 pub fn notes(runs: &[Run], servers: &[ServerKind], observed: &[(ServerKind, Observed)]) -> String {
     let mut notes = Vec::new();
-    let light: Vec<&str> = servers
-        .iter()
-        .filter(|&&s| cell(runs, s, Test::Full).is_some_and(|c| c.busy < 0.9))
-        .map(|s| s.label())
-        .collect();
-    if !light.is_empty() {
-        notes.push(format!(
-            "During the full handshakes the server used less than 90% of its core for: {}. \
-             Its handshakes/s is then what the load side (h2load does the client half of every \
-             handshake on core 0) managed, not the server's capacity; CPU per handshake \
-             compares the servers regardless.",
-            light.join(", ")
-        ));
+    for test in [Test::Full, Test::Resumed] {
+        let light: Vec<&str> = servers
+            .iter()
+            .filter(|&&s| cell(runs, s, test).is_some_and(|c| c.busy < 0.9))
+            .map(|s| s.label())
+            .collect();
+        if !light.is_empty() {
+            notes.push(format!(
+                "During the {} the server used less than 90% of its core for: {}. Its \
+                 handshakes/s is then what the load side (h2load does the client half of \
+                 every handshake on core 0) managed, not the server's capacity; CPU per \
+                 handshake compares the servers regardless.",
+                test.label(),
+                light.join(", ")
+            ));
+        }
     }
     let capacity: Vec<String> = servers
         .iter()
@@ -2193,6 +2196,10 @@ dependencies = [
             "{t}"
         );
         assert!(notes(&runs, &[Ingressd, Nginx], &observed).contains("ingressd did not resume"));
+        assert!(
+            notes(&runs, &[Ingressd, Nginx], &observed)
+                .contains("During the full handshakes the server used less than 90% of its core for: ingressd, nginx.")
+        );
         assert_eq!(runs_table(&runs).lines().count(), 10);
         let met = vec![
             run(Ingressd, Test::Full, 1, 10_000, 1.0),
