@@ -3,9 +3,11 @@
 //!
 //! Every wait and loop here is bounded in count and time.
 
+pub mod access_log;
 pub mod bins;
 pub mod config;
 pub mod daemon;
+pub mod features;
 pub mod fixture;
 pub mod http;
 pub mod kernel;
@@ -13,6 +15,7 @@ pub mod mariadb;
 pub mod proc;
 pub mod root;
 pub mod tcp;
+pub mod tls;
 pub mod topology;
 
 pub use bins::{ingressd_bin, testapp_bin};

@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "nghttp2-client",
     "wrk",
     "iperf3",
+    // TLS policy scan in the TLS tests.
+    "sslscan",
     // `bench tcp`: kube-proxy's datapath and its conntrack table.
     "iptables",
     "conntrack",

@@ -789,6 +789,7 @@ impl<'a> Compiler<'a> {
             } else {
                 child_route.matches.iter().map(Some).collect()
             };
+            let child_route = &inherit_route_fields(route, child_route);
             for &root_match in roots {
                 for &child_match in &children {
                     match merge_delegate_match(root_match, child_match) {
@@ -1194,6 +1195,40 @@ impl<'a> Compiler<'a> {
             policy,
         })
     }
+}
+
+/// Istio's mergeHTTPRoute: a delegate route keeps what it sets and takes
+/// the rest (rewrite, timeout, retries, fault, mirrors, CORS, headers) from
+/// the delegating route; the names join as `root-delegate`.
+fn inherit_route_fields(root: &model::HttpRoute, child: &model::HttpRoute) -> model::HttpRoute {
+    let mut merged = child.clone();
+    merged.name = match (root.name.is_empty(), child.name.is_empty()) {
+        (false, false) => format!("{}-{}", root.name, child.name),
+        (false, true) => root.name.clone(),
+        _ => child.name.clone(),
+    };
+    if merged.rewrite.is_none() {
+        merged.rewrite = root.rewrite.clone();
+    }
+    if merged.timeout.is_none() {
+        merged.timeout = root.timeout;
+    }
+    if merged.retries.is_none() {
+        merged.retries = root.retries.clone();
+    }
+    if merged.fault.is_none() {
+        merged.fault = root.fault.clone();
+    }
+    if merged.mirrors.is_empty() {
+        merged.mirrors = root.mirrors.clone();
+    }
+    if merged.cors.is_none() {
+        merged.cors = root.cors.clone();
+    }
+    if merged.headers.is_none() {
+        merged.headers = root.headers.clone();
+    }
+    merged
 }
 
 /// Whether a match can apply at this gateway server: its `gateways` and

@@ -17,7 +17,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -109,6 +109,8 @@ pub struct Downstream<'a> {
     pub scheme: &'static str,
     /// The client's address (`consistentHash.useSourceIp`).
     pub remote: SocketAddr,
+    /// The Gateway server port of the route (`derivePort`).
+    pub server_port: u16,
 }
 
 /// The consistent-hash key of a request, and the cookie to set when the
@@ -215,9 +217,12 @@ pub async fn forward(
         headers.insert(X_ENVOY_ORIGINAL_PATH, value);
     }
     let destination_headers = choice.headers.as_deref();
-    let host = destination_headers
-        .and_then(|h| h.host_rewrite.as_deref())
-        .or(forward.host_rewrite.as_deref())
+    // The route's authority rewrite wins; a destination's `host` set applies
+    // only when the route has none (Istio's processDestination).
+    let host = forward
+        .host_rewrite
+        .as_deref()
+        .or(destination_headers.and_then(|h| h.host_rewrite.as_deref()))
         .unwrap_or(downstream.authority);
     if !host.is_empty() {
         let value =
@@ -313,7 +318,12 @@ pub async fn forward(
                 "request body already sent".to_owned(),
             ));
         };
-        let request = template.build(address, body)?;
+        let mut request = template.build(address, body)?;
+        // Istio turns on include_request_attempt_count at gateways.
+        request.headers_mut().insert(
+            HeaderName::from_static("x-envoy-attempt-count"),
+            HeaderValue::from(retries + 1),
+        );
         let per_try = try_budget(retry.per_try_timeout, deadline);
         let sent_at = Instant::now();
         let pending = client.request(request);

@@ -24,7 +24,7 @@ use hyper_util::server::graceful::Watcher;
 
 use crate::snapshot::{
     ChainAction, FaultAbort, FaultPolicy, ListenerKind, PathMatch, RedirectAction,
-    RequestAttributes, Route, RouteAction, RouteConfig, Snapshot,
+    RequestAttributes, Route, RouteAction, RouteConfig, RoutePolicy, Snapshot,
 };
 use crate::stats::{DestinationLabels, RequestSample};
 
@@ -175,6 +175,8 @@ pub struct Finisher {
     pub(super) permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// `grpc-status` of a gRPC answer, from its headers or trailers.
     grpc_status: Option<u32>,
+    /// The matched route's policy (its response headers go on local replies).
+    route_policy: Option<Arc<RoutePolicy>>,
 }
 
 impl Finisher {
@@ -309,6 +311,7 @@ pub async fn serve(
         endpoint: None,
         permit: None,
         grpc_status: None,
+        route_policy: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
@@ -323,11 +326,20 @@ pub async fn serve(
             };
             finisher.record.details = Some(error.details().to_owned());
             finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
-            if request_protocol == "grpc" {
+            let mut reply = if request_protocol == "grpc" {
                 grpc_local_reply(error.status(), error.body())
             } else {
                 local_reply(error.status(), error.body())
+            };
+            // Envoy adds the route's response headers to its local replies too.
+            if let Some(h) = finisher
+                .route_policy
+                .as_ref()
+                .and_then(|p| p.headers.as_ref())
+            {
+                h.response.apply(reply.headers_mut());
             }
+            reply
         }
     };
     finisher.record.status = response.status().as_u16();
@@ -351,6 +363,9 @@ async fn route_request(
     let Some(route_config) = route_config_for(snapshot, conn) else {
         return Err(ProxyError::NoRoute);
     };
+    let server_port = snapshot
+        .listener_by_bind_port(conn.listener_port)
+        .map_or(conn.listener_port, |l| l.service_port);
     let scheme = conn.scheme();
     let authority = authority(request.uri(), request.headers())
         .unwrap_or("")
@@ -375,6 +390,7 @@ async fn route_request(
         return Err(ProxyError::NoRoute);
     };
     finisher.record.route_name = Some(route.name.clone());
+    finisher.route_policy = Some(route.policy.clone());
     let policy = &route.policy;
     // CORS first: a preflight the policy allows is answered here.
     let origin = policy
@@ -409,6 +425,7 @@ async fn route_request(
                 authority: &authority,
                 scheme,
                 remote: conn.remote,
+                server_port,
             };
             act(ctx, snapshot, route, request, downstream, &path, finisher).await?
         }
@@ -438,7 +455,13 @@ async fn act(
         }
         RouteAction::Redirect(action) => {
             finisher.record.details = Some("direct_response".to_owned());
-            let location = redirect_location(action, downstream.scheme, downstream.authority, path);
+            let location = redirect_location(
+                action,
+                downstream.scheme,
+                downstream.authority,
+                path,
+                downstream.server_port,
+            );
             let status =
                 StatusCode::from_u16(action.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let status = if status.is_redirection() {
@@ -473,27 +496,18 @@ async fn fault(
     if roll_percent() >= percent {
         return None;
     }
-    finisher.record.flags = "FI";
+    finisher.record.flags = if finisher.record.flags == "DI" {
+        "DI,FI"
+    } else {
+        "FI"
+    };
     finisher.record.details = Some("fault_filter_abort".to_owned());
     Some(match abort {
         FaultAbort::Http(status) => local_reply(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "fault filter abort",
         ),
-        FaultAbort::Grpc(code) => {
-            let mut response = local_reply(StatusCode::OK, Bytes::new());
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            headers.insert("grpc-status", HeaderValue::from(code));
-            headers.insert(
-                "grpc-message",
-                HeaderValue::from_static("fault filter abort"),
-            );
-            response
-        }
+        FaultAbort::Grpc(code) => grpc_reply(code, "fault filter abort"),
     })
 }
 
@@ -605,6 +619,7 @@ pub fn redirect_location(
     scheme: &str,
     authority: &str,
     path: &str,
+    server_port: u16,
 ) -> String {
     let scheme_out = action.scheme.as_deref().unwrap_or(scheme);
     let (host, port) = match &action.authority {
@@ -615,9 +630,10 @@ pub fn redirect_location(
             (host, if scheme_out == scheme { port } else { None })
         }
     };
-    // derivePort: FROM_REQUEST_PORT keeps the port the request came to.
+    // derivePort: FROM_REQUEST_PORT is the Gateway server's port (Istio's
+    // ApplyRedirect), whatever port the client used to get there.
     let port = if action.derive_port {
-        split_host_port(authority).1
+        Some(server_port)
     } else {
         action.port.or(port)
     };
@@ -723,6 +739,11 @@ pub fn grpc_local_reply(status: StatusCode, message: &str) -> Response<ProxyBody
         429 | 502..=504 => 14,
         _ => 2,
     };
+    grpc_reply(code, message)
+}
+
+/// A trailers-only gRPC answer with status `code`.
+fn grpc_reply(code: u32, message: &str) -> Response<ProxyBody> {
     let mut response = local_reply(StatusCode::OK, Bytes::new());
     let headers = response.headers_mut();
     headers.insert(
@@ -890,7 +911,10 @@ mod tests {
             ),
         ];
         for (action, authority, path, want) in cases {
-            assert_eq!(redirect_location(&action, "http", authority, path), want);
+            assert_eq!(
+                redirect_location(&action, "http", authority, path, 80),
+                want
+            );
         }
     }
 

@@ -1,10 +1,10 @@
 //! Backends for tests and the demo: an HTTP `counter` (echoes what it received) and a
 //! TCP `tcp-echo`.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -32,8 +32,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// HTTP/1.1 server answering every request with 200 and a JSON description of it:
-    /// `{"app":"counter","instance":NAME,"count":N,"method":..,"path":..,"host":..,"headers":{..}}`.
-    /// `/slow?ms=N` waits N ms before answering; `?status=NNN` sets the status code.
+    /// `{"app":"counter","instance":NAME,"count":N,"method":..,"path":..,"host":..,
+    /// "body_bytes":N,"headers":{..}}`, and logging one line per request on stdout
+    /// (`counter NAME: #N METHOD PATH host=HOST body=N from PEER`).
+    ///
+    /// Query parameters shape the answer, so that tests can make one instance of
+    /// several misbehave:
+    /// `/slow?ms=N` waits N ms before answering; `?status=NNN` sets the status code;
+    /// `?fail=N&key=K` answers 503 to the first N requests carrying key K (counted
+    /// per instance), then as usual (with `&fail_with=reset`: closes the connection
+    /// without an answer instead); `?delay_on=NAME&ms=N` waits N ms only on the
+    /// instance called NAME (e.g. a mirror); `?grpc_status=N` adds `grpc-status: N`
+    /// (and `content-type: application/grpc`) to the answer, as a trailers-only gRPC
+    /// error would carry it.
     Counter {
         /// Address to listen on, e.g. 198.18.1.10:8080.
         #[arg(long)]
@@ -72,6 +83,8 @@ fn main() -> Result<()> {
 struct Counter {
     name: String,
     served: AtomicU64,
+    /// Requests seen per `?key=` (for `?fail=N`).
+    keys: Mutex<HashMap<String, u64>>,
 }
 
 async fn counter(listen: SocketAddr, name: String) -> Result<()> {
@@ -82,6 +95,7 @@ async fn counter(listen: SocketAddr, name: String) -> Result<()> {
     let state = Arc::new(Counter {
         name,
         served: AtomicU64::new(0),
+        keys: Mutex::new(HashMap::new()),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -110,7 +124,7 @@ async fn answer(
     state: Arc<Counter>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body_bytes = body
         .collect()
@@ -124,25 +138,50 @@ async fn answer(
         .map_or("/", |p| p.as_str())
         .to_owned();
     let query = parts.uri.query().unwrap_or("");
-    let param = |key: &str| {
+    let text_param = |key: &str| {
         query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == key)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .map(|(_, v)| v)
     };
+    let param = |key: &str| text_param(key).and_then(|v| v.parse::<u64>().ok());
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
     println!(
-        "counter {}: #{count} {} {path} from {peer}",
+        "counter {}: #{count} {} {path} host={host} body={body_bytes} from {peer}",
         state.name, parts.method
     );
-    if parts.uri.path().starts_with("/slow") {
+    let delayed_here = text_param("delay_on").is_some_and(|n| n == state.name);
+    if parts.uri.path().starts_with("/slow") || delayed_here {
         let ms = param("ms").unwrap_or(1000).min(MAX_DELAY_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let status = param("status")
-        .and_then(|s| u16::try_from(s).ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::OK);
+    let failing = match (param("fail"), text_param("key")) {
+        (Some(n), Some(key)) => {
+            let mut keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = keys.entry(key.to_owned()).or_insert(0);
+            *seen += 1;
+            *seen <= n
+        }
+        _ => false,
+    };
+    if failing && text_param("fail_with") == Some("reset") {
+        // An error from the service makes hyper close the connection unanswered.
+        return Err(std::io::Error::other("reset by ?fail_with=reset"));
+    }
+    let status = if failing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        param("status")
+            .and_then(|s| u16::try_from(s).ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK)
+    };
     let mut headers = serde_json::Map::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -157,12 +196,6 @@ async fn answer(
             }
         }
     }
-    let host = parts
-        .headers
-        .get(hyper::header::HOST)
-        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
     let json = serde_json::json!({
         "app": "counter",
         "instance": state.name,
@@ -182,6 +215,14 @@ async fn answer(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
+    if let Some(code) = param("grpc_status") {
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", hyper::header::HeaderValue::from(code));
+    }
     Ok(response)
 }
 
