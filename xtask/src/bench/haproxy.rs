@@ -27,9 +27,13 @@ pub enum Routing {
 }
 
 /// The config; `map_file` is where [`route_map`] is written (only [`Routing::Map`] reads it).
+/// The frontend takes HTTP/1.1 on `listen` and h2c with prior knowledge on `listen_h2`
+/// (`proto h2`). Retries as Istio's default policy: up to 2, on a failed connection or a
+/// 503, on another server (`option redispatch 1`).
 pub fn config(
     table: &RouteTable,
     listen: SocketAddrV4,
+    listen_h2: SocketAddrV4,
     routing: Routing,
     map_file: &Path,
 ) -> String {
@@ -48,9 +52,13 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
+    retries 2
+    retry-on conn-failure 503
+    option redispatch 1
 
 frontend bench
     bind {listen}
+    bind {listen_h2} proto h2
     # The forwarding headers ingressd adds.
     option forwardfor
     http-request set-header X-Forwarded-Proto http
@@ -110,9 +118,19 @@ mod tests {
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8082)
     }
 
+    fn listen_h2() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8092)
+    }
+
     #[test]
     fn acl_routing_has_a_rule_per_route() {
-        let conf = config(&sample(), listen(), Routing::Acl, Path::new("/m"));
+        let conf = config(
+            &sample(),
+            listen(),
+            listen_h2(),
+            Routing::Acl,
+            Path::new("/m"),
+        );
         assert_eq!(conf.matches("hdr(host) -i ").count(), 100);
         assert_eq!(conf.matches("path_beg ").count(), 10);
         assert_eq!(conf.matches("use_backend ").count(), 1000);
@@ -127,7 +145,15 @@ mod tests {
     #[test]
     fn map_routing_has_one_lookup_and_a_line_per_route() {
         let table = sample();
-        let conf = config(&table, listen(), Routing::Map, Path::new("/m/routes.map"));
+        let conf = config(
+            &table,
+            listen(),
+            listen_h2(),
+            Routing::Map,
+            Path::new("/m/routes.map"),
+        );
+        assert!(conf.contains("    bind 198.18.0.1:8092 proto h2\n"));
+        assert!(conf.contains("    retry-on conn-failure 503\n"));
         assert_eq!(conf.matches("use_backend ").count(), 1);
         assert!(conf.contains("use_backend %[base,map_beg(/m/routes.map)]"));
         let map = route_map(&table);
@@ -152,7 +178,8 @@ mod tests {
         std::fs::write(&map, route_map(&table)).expect("write map");
         for routing in [Routing::Acl, Routing::Map] {
             let path = dir.path().join("haproxy.cfg");
-            std::fs::write(&path, config(&table, listen(), routing, &map)).expect("write config");
+            std::fs::write(&path, config(&table, listen(), listen_h2(), routing, &map))
+                .expect("write config");
             let out = std::process::Command::new("haproxy")
                 .arg("-c")
                 .arg("-f")

@@ -1,6 +1,10 @@
 //! Istio/Kubernetes YAML for ingressd in the benchmarks. HTTP: generated from the
 //! [`RouteTable`]: the gateway Service and Gateway, one VirtualService per virtual host
-//! with one prefix route per path, and the backend Service + EndpointSlice. TLS
+//! with one prefix route per path, the backend Service + EndpointSlice, and a
+//! DestinationRule choosing round-robin (what nginx and HAProxy do; Istio's default is
+//! LEAST_REQUEST). No `retries`: Istio's default policy applies (2 retries on
+//! connect-failure, refused-stream, unavailable, cancelled, 503), which nginx and HAProxy
+//! are configured to match. TLS
 //! ([`tls_files`]): one HTTPS server (`tls.mode: SIMPLE`, TLS 1.3 only) with a fixed
 //! `directResponse` and one prefix route to the backend.
 
@@ -17,23 +21,57 @@ pub const BACKEND_SERVICE: &str = "bench-backend";
 /// Port ingressd's listener binds (the gateway Service's targetPort for port 80).
 pub const LISTEN_PORT: u16 = 8080;
 
-/// The config directory's files, as `(file name, YAML)` pairs.
+/// VirtualServices per file: the daemon's YAML loader takes at most 1024 documents (and
+/// 250,000 nodes) per file, so large tables are split.
+pub const VIRTUAL_SERVICES_PER_FILE: usize = 500;
+
+/// The config directory's files, as `(file name, YAML)` pairs; the VirtualServices in
+/// `virtualservices-NNN.yaml`, [`VIRTUAL_SERVICES_PER_FILE`] to a file.
 pub fn files(table: &RouteTable) -> Vec<(String, String)> {
-    vec![
+    let mut files = vec![
         ("gateway-service.yaml".to_owned(), gateway_service()),
         ("gateway.yaml".to_owned(), gateway()),
-        ("virtualservices.yaml".to_owned(), virtual_services(table)),
-        (
-            "backend-service.yaml".to_owned(),
-            ingressd_tests::config::service_with_endpoints(
-                BACKEND_SERVICE,
-                "http",
-                80,
-                table.backend_port(),
-                &table.backend_ips(),
-            ),
+    ];
+    let chunks = table.hosts.div_ceil(VIRTUAL_SERVICES_PER_FILE);
+    for chunk in 0..chunks {
+        let first = chunk * VIRTUAL_SERVICES_PER_FILE;
+        let hosts = first..(first + VIRTUAL_SERVICES_PER_FILE).min(table.hosts);
+        files.push((
+            format!("virtualservices-{chunk:03}.yaml"),
+            virtual_services(table, hosts),
+        ));
+    }
+    files.push((
+        "backend-service.yaml".to_owned(),
+        ingressd_tests::config::service_with_endpoints(
+            BACKEND_SERVICE,
+            "http",
+            80,
+            table.backend_port(),
+            &table.backend_ips(),
         ),
-    ]
+    ));
+    files.push(("destination-rule.yaml".to_owned(), destination_rule()));
+    files
+}
+
+/// Round-robin over the backend pool, as nginx's `upstream` and HAProxy's `balance
+/// roundrobin` do (Istio's default would be LEAST_REQUEST).
+fn destination_rule() -> String {
+    format!(
+        "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {BACKEND_SERVICE}
+  namespace: default
+spec:
+  host: {BACKEND_SERVICE}
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+"
+    )
 }
 
 fn gateway_service() -> String {
@@ -87,20 +125,24 @@ spec:
     )
 }
 
-/// One VirtualService per virtual host, each with one `uri.prefix` route per path.
-fn virtual_services(table: &RouteTable) -> String {
+/// One VirtualService per virtual host in `hosts`, each with one `uri.prefix` route per
+/// path, named after the host's first label (`h042`).
+fn virtual_services(table: &RouteTable, hosts: std::ops::Range<usize>) -> String {
     let mut yaml = String::new();
-    for (i, host) in table.host_names().iter().enumerate() {
-        if i > 0 {
+    let first = hosts.start;
+    for i in hosts {
+        if i > first {
             yaml.push_str("---\n");
         }
+        let host = table.host(i);
+        let name = host.split('.').next().unwrap_or_default();
         let _ = write!(
             yaml,
             "\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
-  name: h{i:03}
+  name: {name}
   namespace: default
 spec:
   gateways:
@@ -249,10 +291,13 @@ pub(super) mod tests {
             [
                 "gateway-service.yaml",
                 "gateway.yaml",
-                "virtualservices.yaml",
-                "backend-service.yaml"
+                "virtualservices-000.yaml",
+                "backend-service.yaml",
+                "destination-rule.yaml"
             ]
         );
+        assert!(files[4].1.contains("      simple: ROUND_ROBIN\n"));
+        assert!(files[4].1.contains("  host: bench-backend\n"));
         let vs = &files[2].1;
         assert_eq!(vs.matches("kind: VirtualService\n").count(), 100);
         assert_eq!(vs.matches("prefix: ").count(), 1000);
@@ -266,8 +311,27 @@ pub(super) mod tests {
         assert!(files[0].1.contains(&format!("targetPort: {LISTEN_PORT}")));
     }
 
+    #[test]
+    fn large_tables_are_split_into_files_the_loader_takes() {
+        let table = RouteTable::large(10_000, sample().backends);
+        let files = files(&table);
+        let vs: Vec<&(String, String)> = files
+            .iter()
+            .filter(|(n, _)| n.starts_with("virtualservices-"))
+            .collect();
+        assert_eq!(vs.len(), 20);
+        assert_eq!(vs[19].0, "virtualservices-019.yaml");
+        for (_, yaml) in &vs {
+            assert_eq!(yaml.matches("kind: VirtualService\n").count(), 500);
+        }
+        assert!(vs[0].1.contains("  name: h0000\n"));
+        assert!(vs[19].1.contains("  - h9999.bench.example\n"));
+        assert_eq!(vs[19].1.matches("prefix: ").count(), 1500);
+    }
+
     /// The daemon's own pipeline accepts the files without a warning and routes every
-    /// benchmark request to the backend cluster (what `ingressd check` and `explain` say).
+    /// benchmark request to the backend cluster (what `ingressd check` and `explain` say),
+    /// round-robin.
     #[test]
     fn ingressd_compiles_and_routes_the_table() {
         use ingress_userspace::explain::{Query, explain};
@@ -311,6 +375,9 @@ pub(super) mod tests {
             ask("unknown.bench.example", "/r0/item")["error"],
             "no_virtual_host"
         );
+        let dump = ingress_userspace::dump::config_dump(&snapshot).to_string();
+        assert!(dump.contains("\"lb_policy\":\"ROUND_ROBIN\""), "{dump}");
+        assert!(!dump.contains("LEAST_REQUEST"), "{dump}");
     }
 
     pub(crate) fn tls_site<'a>(cert: &'a Path, key: &'a Path) -> TlsSite<'a> {

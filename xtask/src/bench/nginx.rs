@@ -56,12 +56,24 @@ fn http_common(dir: &Path) -> String {
 
 /// The proxy under test: one `server` per virtual host with one prefix `location` per
 /// route, all to one `upstream` with keep-alive; the same forwarding headers ingressd
-/// adds (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`). Requests for unknown
-/// hosts get 404 from a default server.
-pub fn proxy_config(table: &RouteTable, listen: SocketAddrV4, dir: &Path) -> String {
+/// adds (`x-forwarded-for`, `x-forwarded-proto`, `x-request-id`). Every server listens on
+/// `listen` (HTTP/1.1) and on `listen_h2` (`http2` on a plain listener: h2c with prior
+/// knowledge). A failed connection or a 503 is retried on the next server up to 2 times,
+/// as Istio's default retry policy does for ingressd. Requests for unknown hosts get 404
+/// from a default server. The server name hash is sized for the table (nginx refuses to
+/// start with 10,000 names and the default sizes).
+pub fn proxy_config(
+    table: &RouteTable,
+    listen: SocketAddrV4,
+    listen_h2: SocketAddrV4,
+    dir: &Path,
+) -> String {
     let mut conf = preamble(dir);
     conf.push_str("http {\n");
     conf.push_str(&http_common(dir));
+    let hash_max = (table.hosts * 2).next_power_of_two().max(512);
+    let _ = writeln!(conf, "    server_names_hash_max_size {hash_max};");
+    conf.push_str("    server_names_hash_bucket_size 64;\n");
     let _ = writeln!(conf, "    upstream {UPSTREAM} {{");
     for backend in &table.backends {
         let _ = writeln!(conf, "        server {backend};");
@@ -77,8 +89,11 @@ pub fn proxy_config(table: &RouteTable, listen: SocketAddrV4, dir: &Path) -> Str
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Request-Id $request_id;
+    proxy_next_upstream error timeout http_503;
+    proxy_next_upstream_tries 3;
     server {{
         listen {listen} default_server;
+        listen {listen_h2} default_server http2;
         return 404;
     }}
 "
@@ -86,7 +101,7 @@ pub fn proxy_config(table: &RouteTable, listen: SocketAddrV4, dir: &Path) -> Str
     for host in table.host_names() {
         let _ = write!(
             conf,
-            "    server {{\n        listen {listen};\n        server_name {host};\n"
+            "    server {{\n        listen {listen};\n        listen {listen_h2} http2;\n        server_name {host};\n"
         );
         for prefix in table.prefix_list() {
             let _ = writeln!(
@@ -214,9 +229,13 @@ mod tests {
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8081)
     }
 
+    fn listen_h2() -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8091)
+    }
+
     #[test]
     fn proxy_has_a_server_per_host_and_a_location_per_route() {
-        let conf = proxy_config(&sample(), listen(), Path::new("/tmp/x"));
+        let conf = proxy_config(&sample(), listen(), listen_h2(), Path::new("/tmp/x"));
         // 100 virtual hosts plus the default server.
         assert_eq!(conf.matches("    server {\n").count(), 101);
         assert_eq!(conf.matches("server_name ").count(), 100);
@@ -232,7 +251,17 @@ mod tests {
         assert!(conf.contains("keepalive 128;"));
         assert!(conf.contains("server 198.18.1.11:8080;"));
         assert!(conf.contains("listen 198.18.0.1:8081 default_server;"));
+        assert!(conf.contains("listen 198.18.0.1:8091 default_server http2;"));
+        assert_eq!(conf.matches("listen 198.18.0.1:8091 http2;").count(), 100);
+        assert!(conf.contains("proxy_next_upstream error timeout http_503;\n"));
+        assert!(conf.contains("proxy_next_upstream_tries 3;\n"));
+        assert!(conf.contains("server_names_hash_max_size 512;\n"));
         assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+        let large = RouteTable::large(10_000, sample().backends);
+        let conf = proxy_config(&large, listen(), listen_h2(), Path::new("/tmp/x"));
+        assert_eq!(conf.matches("server_name ").count(), 10_000);
+        assert_eq!(conf.matches("location ").count(), 30_000);
+        assert!(conf.contains("server_names_hash_max_size 32768;\n"));
     }
 
     #[test]
@@ -307,7 +336,7 @@ mod tests {
                 std::net::SocketAddr::V6(_) => unreachable!("bound an IPv4 address"),
             }
         };
-        let table = RouteTable::standard(vec![free()]);
+        let table = RouteTable::large(10_000, vec![free()]);
         let cert = dir.path().join("cert.pem");
         let key = dir.path().join("key.pem");
         let made = std::process::Command::new("openssl")
@@ -326,7 +355,10 @@ mod tests {
         );
         let site = crate::bench::istio::tests::tls_site(&cert, &key);
         for (name, conf) in [
-            ("proxy.conf", proxy_config(&table, free(), dir.path())),
+            (
+                "proxy.conf",
+                proxy_config(&table, free(), free(), dir.path()),
+            ),
             ("backend.conf", backend_config(&table.backends, dir.path())),
             ("tls.conf", tls_config(&site, free(), free(), dir.path())),
             (
