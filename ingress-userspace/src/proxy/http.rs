@@ -235,6 +235,8 @@ impl Finisher {
             flags: self.record.flags,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             grpc_status: self.grpc_status,
+            request_bytes: self.record.bytes_received,
+            response_bytes: self.record.bytes_sent,
         });
         self.ctx.access_log.write(&self.record);
     }
