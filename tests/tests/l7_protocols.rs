@@ -637,6 +637,19 @@ fn http2_downstream_h2c_alpn_and_h2load() {
 
 const TELEMETRY_HOST: &str = "telemetry.lab.example.com";
 
+/// What the JSON access log must say about one request: path, protocol, code,
+/// flags, details (`""`: any), upstream host, cluster and route (`None`: null).
+type LogCase<'a> = (
+    &'a str,
+    &'a str,
+    u64,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 /// The real `/stats/prometheus` and JSON access log after one request of each kind:
 /// `istio_requests_total` labels as Istio's gateway reports them, Istio's duration
 /// buckets, process metrics, and the access-log fields of each request.
@@ -688,16 +701,7 @@ fn prometheus_metrics_and_json_access_log() {
     // `dead` is the pods namespace's own address, where nothing listens.
     let dead = "198.18.1.2:8080";
     // (path, protocol, code, flags, details, upstream host, cluster, route)
-    let expect: [(
-        &str,
-        &str,
-        u64,
-        &str,
-        &str,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-    ); 6] = [
+    let expect: [LogCase<'_>; 6] = [
         (
             "/ok/1",
             "HTTP/1.1",
