@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -19,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
 
 use crate::snapshot::{Cluster, Discovery, GatewayIdentity};
 
@@ -96,7 +97,7 @@ impl SourceIdentity {
 }
 
 /// The `destination_service*` labels of a cluster (or `unknown`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DestinationLabels {
     pub service: String,
     pub name: String,
@@ -104,6 +105,13 @@ pub struct DestinationLabels {
 }
 
 impl DestinationLabels {
+    /// The shared `unknown` labels (requests that reached no cluster).
+    pub fn unknown_shared() -> Arc<Self> {
+        static UNKNOWN: std::sync::LazyLock<Arc<DestinationLabels>> =
+            std::sync::LazyLock::new(|| Arc::new(DestinationLabels::unknown()));
+        UNKNOWN.clone()
+    }
+
     pub fn unknown() -> Self {
         Self {
             service: "unknown".to_owned(),
@@ -132,6 +140,9 @@ pub struct Metrics {
     source: SourceIdentity,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram>,
+    /// The request series already created, by what varies per request, so
+    /// the hot path neither builds label sets nor hashes them with SipHash.
+    hot: RwLock<FxHashMap<HotKey, (Counter, Histogram)>>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -141,10 +152,20 @@ pub struct Metrics {
     pub envoy: StatStore,
 }
 
+/// What tells one request series from another on the hot path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct HotKey {
+    destination: Arc<DestinationLabels>,
+    protocol: &'static str,
+    status: u16,
+    flags: &'static str,
+    grpc_status: Option<u32>,
+}
+
 /// One finished HTTP request, as the metrics see it.
 #[derive(Debug)]
 pub struct RequestSample<'a> {
-    pub destination: &'a DestinationLabels,
+    pub destination: &'a Arc<DestinationLabels>,
     pub protocol: &'static str,
     pub status: u16,
     pub flags: &'static str,
@@ -218,6 +239,7 @@ impl Metrics {
             source,
             requests,
             request_duration,
+            hot: RwLock::default(),
             tcp_opened,
             tcp_closed,
             tcp_sent,
@@ -229,7 +251,40 @@ impl Metrics {
 
     /// Records one finished HTTP request.
     pub fn record_request(&self, sample: &RequestSample<'_>) {
-        let labels = RequestLabels {
+        let key = HotKey {
+            destination: sample.destination.clone(),
+            protocol: sample.protocol,
+            status: sample.status,
+            flags: sample.flags,
+            grpc_status: sample.grpc_status,
+        };
+        let cached = self
+            .hot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let (counter, histogram) = match cached {
+            Some(handles) => handles,
+            None => {
+                let labels = self.request_labels(sample);
+                let handles = (
+                    self.requests.get_or_create(&labels).clone(),
+                    self.request_duration.get_or_create(&labels).clone(),
+                );
+                self.hot
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key, handles.clone());
+                handles
+            }
+        };
+        histogram.observe(sample.duration_ms);
+        counter.inc();
+    }
+
+    fn request_labels(&self, sample: &RequestSample<'_>) -> RequestLabels {
+        RequestLabels {
             reporter: "source",
             source_workload: self.source.workload.clone(),
             source_workload_namespace: self.source.namespace.clone(),
@@ -248,11 +303,7 @@ impl Metrics {
                 .unwrap_or(""),
             response_flags: sample.flags,
             connection_security_policy: "unknown",
-        };
-        self.request_duration
-            .get_or_create(&labels)
-            .observe(sample.duration_ms);
-        self.requests.get_or_create(&labels).inc();
+        }
     }
 
     fn tcp_labels(&self, destination: &DestinationLabels, flags: &'static str) -> TcpLabels {
@@ -560,11 +611,11 @@ mod tests {
     #[test]
     fn request_metrics_use_istio_names_and_labels() {
         let m = metrics();
-        let destination = DestinationLabels {
+        let destination = Arc::new(DestinationLabels {
             service: "counter.default.svc.cluster.local".into(),
             name: "counter".into(),
             namespace: "default".into(),
-        };
+        });
         m.record_request(&RequestSample {
             destination: &destination,
             protocol: "http",

@@ -25,7 +25,6 @@ use hyper_util::client::legacy::connect::HttpInfo;
 
 use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{Cluster, ForwardAction, RetryPolicy, Route, Snapshot, UpstreamProtocol};
-use crate::stats::DestinationLabels;
 
 use super::http::{
     Finisher, ProxyBody, RequestBody, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_SERVICE_TIME,
@@ -184,8 +183,8 @@ pub async fn forward(
     let cluster = snapshot
         .cluster(&choice.name)
         .ok_or_else(|| ProxyError::ClusterNotFound(choice.name.clone()))?;
-    finisher.destination = Some(DestinationLabels::of(cluster));
     let state = ctx.balancer.state(&cluster.name);
+    finisher.destination = Some(state.labels(cluster));
     state.rq_total.fetch_add(1, Ordering::Relaxed);
     state.rq_active.fetch_add(1, Ordering::Relaxed);
     finisher.cluster = Some(state.clone());

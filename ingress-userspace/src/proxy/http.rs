@@ -168,7 +168,7 @@ pub struct Finisher {
     started: Instant,
     received: Arc<AtomicU64>,
     request_protocol: &'static str,
-    pub(super) destination: Option<DestinationLabels>,
+    pub(super) destination: Option<Arc<DestinationLabels>>,
     pub(super) cluster: Option<Arc<ClusterState>>,
     pub(super) endpoint: Option<Arc<EndpointStats>>,
     /// A `tcp.maxConnections` slot, released when the request finishes.
@@ -218,7 +218,7 @@ impl Finisher {
                 _ => {}
             }
         }
-        let unknown = DestinationLabels::unknown();
+        let unknown = DestinationLabels::unknown_shared();
         self.ctx.metrics.record_request(&RequestSample {
             destination: self.destination.as_ref().unwrap_or(&unknown),
             protocol: self.request_protocol,

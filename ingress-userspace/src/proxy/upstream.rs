@@ -4,7 +4,7 @@
 //! Balancing state lives here keyed by cluster name rather than in the
 //! snapshot, so a config swap does not reset round-robin positions or stats.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::snapshot::policy::LbPolicy;
 use crate::snapshot::{Cluster, Endpoint, UpstreamProtocol, WeightedCluster};
+use crate::stats::DestinationLabels;
 
 use super::forward::UpstreamBody;
 
@@ -158,9 +159,29 @@ pub struct ClusterState {
     pub rq_pending_overflow: AtomicU64,
     /// `outlier_detection.ejections_enforced_total`.
     pub ejections_total: AtomicU64,
+    /// The metric labels of the cluster version last seen (kept with it, so
+    /// a new snapshot's cluster gets its own).
+    labels: Mutex<Option<(Arc<Cluster>, Arc<DestinationLabels>)>>,
 }
 
 impl ClusterState {
+    /// The `destination_*` metric labels of `cluster`, built once per
+    /// cluster version.
+    pub fn labels(&self, cluster: &Arc<Cluster>) -> Arc<DestinationLabels> {
+        let mut cached = self
+            .labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, labels)) = cached.as_ref()
+            && Arc::ptr_eq(seen, cluster)
+        {
+            return labels.clone();
+        }
+        let labels = Arc::new(DestinationLabels::of(cluster));
+        *cached = Some((cluster.clone(), labels.clone()));
+        labels
+    }
+
     /// The next endpoint for a request without a hash key (TCP connections,
     /// mirrors).
     pub fn choose_endpoint<'c>(&self, cluster: &'c Cluster) -> Option<&'c Endpoint> {
