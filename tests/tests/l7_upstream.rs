@@ -856,3 +856,93 @@ fn connection_pool_zero_limits_are_accepted_as_unset() {
         out.status
     );
 }
+
+/// Istio's translation of `outlierDetection` (`applyOutlierDetection` in istio/pilot):
+/// `consecutive5xxErrors` is copied only when set, so when a DestinationRule gives
+/// only `consecutiveGatewayErrors`, or neither, Envoy's default of 5 consecutive 5xx
+/// (enforced 100 %) still ejects; gateway errors (502/503/504) eject after their own
+/// count, and a 500 is not one. Single-endpoint Services, no retries, ejection read
+/// from `/clusters`.
+#[test]
+fn outlier_detection_defaults_follow_istio() {
+    if !require_root("outlier_detection_defaults_follow_istio") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "od-defaults",
+        &[OUTLIER_HOST],
+        r#"
+- match: [{uri: {prefix: /gw-only-500/}}]
+  retries: {attempts: 0}
+  route: [{destination: {host: od-gw-500}}]
+- match: [{uri: {prefix: /gw-only-502/}}]
+  retries: {attempts: 0}
+  route: [{destination: {host: od-gw-502}}]
+- match: [{uri: {prefix: /neither/}}]
+  retries: {attempts: 0}
+  route: [{destination: {host: od-neither}}]
+"#,
+    );
+    let gateway_only = "outlierDetection: {consecutiveGatewayErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 100}";
+    let files = [
+        file("od-defaults", vs),
+        service("od-gw-500", "http", &[COUNTER_A], gateway_only),
+        service("od-gw-502", "http", &[COUNTER_B], gateway_only),
+        service(
+            "od-neither",
+            "http",
+            &[COUNTER_C],
+            "outlierDetection: {baseEjectionTime: 60s, maxEjectionPercent: 100}",
+        ),
+    ];
+    let gw = FeatureGateway::start(&files, &[]).unwrap();
+    let mut failures = Vec::new();
+    // (what, path prefix, status the backend answers, service, endpoint, after how
+    // many answers it must be ejected)
+    let cases = [
+        (
+            "consecutiveGatewayErrors 2: two 502 eject",
+            "/gw-only-502/",
+            502,
+            "od-gw-502",
+            COUNTER_B,
+            2,
+        ),
+        (
+            "only consecutiveGatewayErrors: 500 is no gateway error, but Envoy's default of 5 consecutive 5xx ejects",
+            "/gw-only-500/",
+            500,
+            "od-gw-500",
+            COUNTER_A,
+            5,
+        ),
+        (
+            "neither count given: Envoy's default of 5 consecutive 5xx ejects",
+            "/neither/",
+            500,
+            "od-neither",
+            COUNTER_C,
+            5,
+        ),
+    ];
+    for (what, prefix, status, service, endpoint, after) in cases {
+        let host = format!("{endpoint}:8080");
+        let mut got = Vec::new();
+        for i in 1..=after {
+            let path = format!("{prefix}{i}?status={status}");
+            let r = gw.request(OUTLIER_HOST, &path, &[]).unwrap();
+            let health = cluster_health(&gw.clusters().unwrap(), &cluster_name(service));
+            let flags = health.get(&host).cloned().unwrap_or_default();
+            got.push(format!("{} -> {flags}", r.status));
+            let ejected = flags.contains("failed_outlier_check");
+            if ejected != (i == after) {
+                failures.push(format!(
+                    "{what}: after {i} answers of {status} want ejected={}, got {got:?}",
+                    i == after
+                ));
+                break;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
