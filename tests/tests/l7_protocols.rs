@@ -254,9 +254,10 @@ const GRPC_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 21);
 const GRPC_PORT: u16 = 50051;
 
 /// A gRPC server with generic handlers (raw bytes, no generated code) for
-/// `test.Echo/{Unary,Count,Chat,Fail}`; argv: address, instance name.
+/// `test.Echo/{Unary,Count,Chat,Fail}` and `test.Slow/Sleep` (sleeps as many seconds
+/// as the request says); argv: address, instance name.
 const GRPC_SERVER: &str = r#"
-import sys
+import sys, time
 from concurrent import futures
 import grpc
 
@@ -283,8 +284,16 @@ handlers = {
     "Chat": grpc.stream_stream_rpc_method_handler(chat),
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
 }
+def sleep(request, context):
+    time.sleep(float(request.decode()))
+    return b"woke up"
+
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", handlers),))
+server.add_generic_rpc_handlers((
+    grpc.method_handlers_generic_handler("test.Echo", handlers),
+    grpc.method_handlers_generic_handler(
+        "test.Slow", {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)}),
+))
 server.add_insecure_port(addr)
 server.start()
 print("grpc server %s listening on %s" % (name, addr), flush=True)
@@ -335,6 +344,8 @@ def ping_pong():
 run("bidi", ping_pong)
 run("error", lambda: [channel.unary_unary("/test.Echo/Fail")(b"42", timeout=10)])
 run("no_route", lambda: [channel.unary_unary("/other.Missing/Nothing")(b"x", timeout=10)])
+run("route_timeout", lambda: [channel.unary_unary("/test.Slow/Sleep")(b"2", timeout=10).decode()])
+run("connect_failure", lambda: [channel.unary_unary("/test.Down/Nothing")(b"x", timeout=10)])
 print(json.dumps(out))
 "#;
 
@@ -412,6 +423,13 @@ fn grpc_unary_streaming_errors_and_metrics() {
 - name: echo
   match: [{uri: {prefix: /test.Echo/}}]
   route: [{destination: {host: grpc-echo}}]
+- name: slow
+  match: [{uri: {prefix: /test.Slow/}}]
+  timeout: 300ms
+  route: [{destination: {host: grpc-echo}}]
+- name: down
+  match: [{uri: {prefix: /test.Down/}}]
+  route: [{destination: {host: grpc-down}}]
 "#,
     );
     let files = [
@@ -419,6 +437,17 @@ fn grpc_unary_streaming_errors_and_metrics() {
         file(
             "grpc-echo",
             service_with_endpoints("grpc-echo", "grpc-echo", GRPC_PORT, GRPC_PORT, &[GRPC_ADDR]),
+        ),
+        // Nothing listens there: connections are refused.
+        file(
+            "grpc-down",
+            service_with_endpoints(
+                "grpc-down",
+                "grpc",
+                GRPC_PORT,
+                GRPC_PORT + 1,
+                &[Ipv4Addr::new(198, 18, 1, 2)],
+            ),
         ),
     ];
     let gw = FeatureGateway::start(&files, &[]).unwrap();
@@ -473,6 +502,21 @@ fn grpc_unary_streaming_errors_and_metrics() {
         serde_json::json!({"code": "NOT_FOUND", "details": "no such item: 42", "trailers": {"x-missing": "42"}}),
     );
     check("no_route", serde_json::json!({"code": "UNIMPLEMENTED"}));
+    // Local replies map as Envoy's httpToGrpcStatus: the route timeout's 504 and the
+    // connect failure's 503 are UNAVAILABLE.
+    check("route_timeout", serde_json::json!({"code": "UNAVAILABLE"}));
+    check(
+        "connect_failure",
+        serde_json::json!({"code": "UNAVAILABLE"}),
+    );
+    let timeout_seconds = results["route_timeout"]["seconds"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    if timeout_seconds > 1.5 {
+        failures.push(format!(
+            "gRPC call on a route with timeout 300ms to a 2 s handler took {timeout_seconds:.1} s"
+        ));
+    }
     // The ping-pong took round trips, not the client's 5 s wait for a stalled answer.
     let bidi_seconds = results["bidi"]["seconds"].as_f64().unwrap_or(f64::MAX);
     if bidi_seconds > 3.0 {
@@ -545,9 +589,22 @@ fn http2_downstream_h2c_alpn_and_h2load() {
     let vs = http_virtual_service(
         "h2",
         &[H2_HOST],
-        "- {name: h2, route: [{destination: {host: counter}}]}\n",
+        "- {name: h2up, match: [{uri: {prefix: /h2up/}}], route: [{destination: {host: counter-h2}}]}\n- {name: h2, route: [{destination: {host: counter}}]}\n",
     );
-    let gw = FeatureGateway::start(&[https.gateway_file.clone(), file("h2", vs)], &[]).unwrap();
+    let a = BACKENDS[0].1;
+    let gw = FeatureGateway::start(
+        &[
+            https.gateway_file.clone(),
+            file("h2", vs),
+            // An HTTP/2 upstream (h2c prior knowledge) by the Service port's name.
+            file(
+                "counter-h2",
+                service_with_endpoints("counter-h2", "http2", 80, 8080, &[a]),
+            ),
+        ],
+        &[],
+    )
+    .unwrap();
     let ca = https.ca.display().to_string();
     let mut failures = Vec::new();
     let cases: [(&str, &str, &[&str]); 4] = [
@@ -586,6 +643,55 @@ fn http2_downstream_h2c_alpn_and_h2load() {
         if !ok {
             failures.push(format!(
                 "{what} {path}: want 200 from a counter and {want_protocol} in the access log, got {r:?}, {entry:?}"
+            ));
+        }
+    }
+
+    // A 2 MiB body (past any flow-control window) each way between HTTP/1.1 and HTTP/2:
+    // h2c downstream to an HTTP/1.1 upstream, HTTP/1.1 and TLS h2 downstream to an
+    // HTTP/2 upstream.
+    let body = gw.topo.log_dir().join("big.bin");
+    std::fs::write(&body, vec![b'x'; 2 << 20]).unwrap();
+    let data = format!("@{}", body.display());
+    for (what, path, tls, args, upstream) in [
+        (
+            "h2c to HTTP/1.1",
+            "/h2/big",
+            false,
+            "--http2-prior-knowledge",
+            "HTTP/1.1",
+        ),
+        (
+            "HTTP/1.1 to h2",
+            "/h2up/big",
+            false,
+            "--http1.1",
+            "HTTP/2.0",
+        ),
+        ("TLS h2 to h2", "/h2up/big-tls", true, "--http2", "HTTP/2.0"),
+    ] {
+        let args = [
+            args,
+            "--data-binary",
+            data.as_str(),
+            "--cacert",
+            ca.as_str(),
+        ];
+        let r = if tls {
+            gw.request_https(H2_HOST, path, &args)
+        } else {
+            gw.request(H2_HOST, path, &args[..3])
+        };
+        let json = r
+            .as_ref()
+            .ok()
+            .and_then(|r| r.json().ok())
+            .unwrap_or_default();
+        if json["body_bytes"] != 2 << 20 || json["version"] != upstream || json["method"] != "POST"
+        {
+            failures.push(format!(
+                "{what}: want the 2 MiB POST at the backend over {upstream}, got {json} ({:?})",
+                r.as_ref().map(|r| r.status)
             ));
         }
     }
