@@ -135,6 +135,10 @@ fn websocket_frames_both_ways_and_upgrades_refused_or_stripped() {
 - name: ws
   match: [{uri: {prefix: /ws/}}]
   route: [{destination: {host: ws-echo}}]
+- name: ws-timeout
+  match: [{uri: {prefix: /ws-timeout/}}]
+  timeout: 300ms
+  route: [{destination: {host: ws-echo}}]
 - name: h2c
   match: [{uri: {prefix: /h2c/}}]
   route: [{destination: {host: counter}}]
@@ -148,7 +152,7 @@ fn websocket_frames_both_ways_and_upgrades_refused_or_stripped() {
             service_with_endpoints("ws-echo", "http", 80, 8080, &[WS_ADDR]),
         ),
     ];
-    let gw = FeatureGateway::start(&files, &[]).unwrap();
+    let gw = FeatureGateway::start(&files, &["--access-log-format", "json"]).unwrap();
     add_address(&gw.topo, Ns::Pods, "eth0", WS_ADDR).unwrap();
     let echo = gw
         .topo
@@ -190,6 +194,30 @@ fn websocket_frames_both_ways_and_upgrades_refused_or_stripped() {
         Ok(got) if got == want => {}
         other => failures.push(format!("{url}: want {want:?}, got {other:?}")),
     }
+    // A route timeout bounds the wait for the upgrade's answer, not the WebSocket
+    // (Envoy starts it at the end of the request, which an upgrade never has): frames
+    // 400 ms apart, 1.2 s in all, on a route with timeout 300ms.
+    let url = format!("ws://{WS_HOST}:8080/ws-timeout/x");
+    let got: Result<Vec<String>> = runtime.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::client_async(&url, client_stream(&gw, 8080)?).await?;
+        let mut out = Vec::new();
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            ws.send(Message::text(format!("late-{i}"))).await?;
+            if let Message::Text(t) = next_message(&mut ws).await? {
+                out.push(t.to_string());
+            }
+        }
+        ws.close(None).await?;
+        Ok(out)
+    });
+    let want_late: Vec<String> = (0..3).map(|i| format!("ws-a: late-{i}")).collect();
+    if got.as_ref().ok() != Some(&want_late) {
+        failures.push(format!(
+            "{url} (route timeout 300ms): want {want_late:?} over 1.2 s, got {got:?}"
+        ));
+    }
+
     // The backend saw three upgraded connections, each with all 11 frames.
     let log = echo.stdout();
     let closed = log
@@ -450,7 +478,7 @@ fn grpc_unary_streaming_errors_and_metrics() {
             ),
         ),
     ];
-    let gw = FeatureGateway::start(&files, &[]).unwrap();
+    let gw = FeatureGateway::start(&files, &["--access-log-format", "json"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _server = start_grpc_server(&gw, dir.path()).unwrap();
     let client = dir.path().join("grpc_client.py");
