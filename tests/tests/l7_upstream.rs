@@ -432,6 +432,9 @@ fn outlier_detection_ejects_and_returns() {
 - match: [{uri: {prefix: /cap70/}}]
   retries: {attempts: 0}
   route: [{destination: {host: outlier-cap70}}]
+- match: [{uri: {prefix: /solo/}}]
+  retries: {attempts: 0}
+  route: [{destination: {host: outlier-solo}}]
 "#,
     );
     // Round robin, so that counter-a's share of the requests is known.
@@ -445,6 +448,7 @@ fn outlier_detection_ejects_and_returns() {
         service("outlier", "http", &THREE, &od(3, "2s", 100)),
         service("outlier-cap10", "http", &THREE, &od(2, "60s", 10)),
         service("outlier-cap70", "http", &THREE, &od(2, "60s", 70)),
+        service("outlier-solo", "http", &[COUNTER_A], &od(2, "60s", 100)),
     ];
     let gw = FeatureGateway::start(&files, &[]).unwrap();
     let mut failures = Vec::new();
@@ -620,6 +624,26 @@ fn outlier_detection_ejects_and_returns() {
             ));
         }
     }
+    // The only endpoint ejected: Istio turns Envoy's panic mode off (minHealthPercent
+    // 0), so there is no healthy upstream: 503 `UH`, and the backend sees nothing.
+    for i in 0..2 {
+        let r = gw
+            .request(OUTLIER_HOST, &format!("/solo/fail-{i}?status=503"), &[])
+            .unwrap();
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    let r = gw.request(OUTLIER_HOST, "/solo/after", &[]).unwrap();
+    let entry = gw.access_entry("/solo/after");
+    if r.status != 503
+        || entry.as_ref().map(|e| e.flags.as_str()).ok() != Some("UH")
+        || !gw.hits("/solo/after").is_empty()
+    {
+        failures.push(format!(
+            "outlier-solo, its one endpoint ejected: want 503 UH and no backend, got {} {entry:?}, backend {:?}",
+            r.status,
+            gw.hits("/solo/after")
+        ));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -706,6 +730,27 @@ fn connection_pool_limits_and_connect_timeout() {
         "ip route add 198.18.2.0/24 via 198.18.1.2 in the node namespace: {node_route:?}"
     );
     let mut failures = Vec::new();
+
+    // /clusters shows the circuit breakers (Envoy's `default_priority` thresholds;
+    // Istio's default for what a DestinationRule leaves unset is 2^32-1).
+    let clusters = gw.clusters().unwrap();
+    let unset = u32::MAX.to_string();
+    for (service, limit, value) in [
+        ("pool-h1", "max_connections", "1"),
+        ("pool-h1", "max_pending_requests", "1"),
+        ("pool-h1", "max_requests", unset.as_str()),
+        ("pool-h2", "max_requests", "2"),
+        ("pool-h2", "max_connections", unset.as_str()),
+        ("pool-no-retry", "max_retries", "1"),
+    ] {
+        let line = format!(
+            "{}::default_priority::{limit}::{value}",
+            cluster_name(service)
+        );
+        if !clusters.lines().any(|l| l == line) {
+            failures.push(format!("/clusters has no line {line}"));
+        }
+    }
 
     // The upstream of pool-h2 speaks HTTP/2 (the backend says which version it got).
     let r = gw.request(POOL_HOST, "/h2/version", &[]).unwrap();
