@@ -156,6 +156,15 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // Dropped before its end: the client went away mid-response (DC).
+        if !self.inner.is_end_stream()
+            && let Some(finisher) = &mut self.finisher
+            && finisher.record.flags == "-"
+            && finisher.record.method.as_deref() != Some("HEAD")
+        {
+            finisher.record.flags = "DC";
+            finisher.record.termination_details = Some("downstream_remote_disconnect".to_owned());
+        }
         self.finish();
     }
 }
