@@ -229,6 +229,39 @@ fn websocket_frames_both_ways_and_upgrades_refused_or_stripped() {
             "ws-echo must log three connections of 11 frames:\n{log}"
         ));
     }
+    // What the backend got with the upgrade: the client's handshake headers, the
+    // authority, and what Envoy adds (x-forwarded-proto of the downstream scheme, a
+    // request id).
+    for (path, proto) in [("/ws/plain-8080", "http"), ("/ws/tls", "https")] {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("ws-echo ws-a: {path} from ")))
+            .unwrap_or_default();
+        let headers: serde_json::Value = line
+            .split_once(" headers=")
+            .and_then(|(_, h)| serde_json::from_str(h).ok())
+            .unwrap_or_default();
+        let ok = headers["upgrade"]
+            .as_str()
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+            && headers["connection"]
+                .as_str()
+                .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+            && headers["sec-websocket-version"] == "13"
+            && headers["sec-websocket-key"].is_string()
+            && headers["host"]
+                .as_str()
+                .is_some_and(|h| h.starts_with(WS_HOST))
+            && headers["x-forwarded-proto"] == proto
+            && headers["x-request-id"].is_string();
+        if !ok {
+            failures.push(format!(
+                "{path}: the backend's handshake must carry upgrade, connection, \
+                 sec-websocket-key/-version, host {WS_HOST}, x-forwarded-proto {proto}, \
+                 x-request-id; got {line:?}"
+            ));
+        }
+    }
     // The access log has the upgrade (101) with the route and the backend.
     for path in ["/ws/plain-8080", "/ws/plain-30080", "/ws/tls"] {
         match gw.access_entry(path) {

@@ -991,3 +991,60 @@ fn outlier_detection_defaults_follow_istio() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `httpCookie.ttl: 0s`: "If the TTL is present and zero, the generated cookie will be
+/// a session cookie" (Istio's DestinationRule reference, as Envoy's hash policy): the
+/// gateway sets it without `Max-Age`, and it sticks like any other.
+#[test]
+fn hash_cookie_with_zero_ttl_is_a_session_cookie() {
+    if !require_root("hash_cookie_with_zero_ttl_is_a_session_cookie") {
+        return;
+    }
+    let vs = http_virtual_service(
+        "session",
+        &[HASH_HOST],
+        "- {route: [{destination: {host: hash-session}}]}\n",
+    );
+    let files = [
+        file("session", vs),
+        service(
+            "hash-session",
+            "http",
+            &THREE,
+            "loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s, path: /}}}",
+        ),
+    ];
+    let gw = FeatureGateway::start(&files, &[]).unwrap();
+    let r = gw.request(HASH_HOST, "/first", &[]).unwrap();
+    let set_cookie = r.header("set-cookie").unwrap_or_default().to_owned();
+    let mut parts = set_cookie.split(';').map(str::trim);
+    let pair = parts.next().unwrap_or_default().to_owned();
+    let attributes: BTreeSet<String> = parts.map(str::to_ascii_lowercase).collect();
+    let want: BTreeSet<String> = ["path=/", "httponly"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    assert!(
+        r.status == 200 && pair.starts_with("session=") && attributes == want,
+        "httpCookie {{name: session, ttl: 0s, path: /}}: want Set-Cookie: session=<value>; \
+         Path=/; HttpOnly (a session cookie, no Max-Age), got {} {set_cookie:?}",
+        r.status
+    );
+    let first = r.json().unwrap()["instance"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let requests: Vec<BatchRequest> = (0..6)
+        .map(|i| {
+            BatchRequest::new(HASH_HOST, format!("/again/{i}")).header(format!("Cookie: {pair}"))
+        })
+        .collect();
+    let seq = instances(
+        "session cookie",
+        &gw.batch(&requests, 1, Duration::from_secs(30)).unwrap(),
+    );
+    assert!(
+        seq.iter().all(|n| *n == first),
+        "with {pair:?} every request must reach {first}: {seq:?}"
+    );
+}
