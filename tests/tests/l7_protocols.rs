@@ -328,8 +328,12 @@ def unary(request, context):
     return ("%s: %s" % (name, request.decode())).encode()
 
 def count(request, context):
-    for i in range(int(request.decode())):
+    # "N" streams N messages; "N!" then ends with RESOURCE_EXHAUSTED (in trailers).
+    text = request.decode()
+    for i in range(int(text.rstrip("!"))):
         yield ("%s: %d" % (name, i)).encode()
+    if text.endswith("!"):
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of numbers")
 
 def chat(requests, context):
     for message in requests:
@@ -403,6 +407,18 @@ def ping_pong():
     return replies
 
 run("bidi", ping_pong)
+
+def stream_then_error():
+    # Messages first, then an error status in the trailers: the messages arrive.
+    got = []
+    try:
+        for m in channel.unary_stream("/test.Echo/Count")(b"3!", timeout=10):
+            got.append(m.decode())
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "details": e.details(), "replies": got}
+    return {"code": "OK", "replies": got}
+
+out["stream_error"] = stream_then_error()
 run("error", lambda: [channel.unary_unary("/test.Echo/Fail")(b"42", timeout=10)])
 run("no_route", lambda: [channel.unary_unary("/other.Missing/Nothing")(b"x", timeout=10)])
 run("route_timeout", lambda: [channel.unary_unary("/test.Slow/Sleep")(b"2", timeout=10).decode()])
@@ -563,6 +579,10 @@ fn grpc_unary_streaming_errors_and_metrics() {
         serde_json::json!({"code": "NOT_FOUND", "details": "no such item: 42", "trailers": {"x-missing": "42"}}),
     );
     check("no_route", serde_json::json!({"code": "UNIMPLEMENTED"}));
+    check(
+        "stream_error",
+        serde_json::json!({"code": "RESOURCE_EXHAUSTED", "details": "out of numbers", "replies": (0..3).map(|i| format!("grpc-a: {i}")).collect::<Vec<_>>()}),
+    );
     // Local replies map as Envoy's httpToGrpcStatus: the route timeout's 504 and the
     // connect failure's 503 are UNAVAILABLE.
     check("route_timeout", serde_json::json!({"code": "UNAVAILABLE"}));
@@ -588,12 +608,7 @@ fn grpc_unary_streaming_errors_and_metrics() {
 
     // The access log: HTTP/2 downstream, the upstream cluster on port 50051.
     let cluster = format!("outbound|{GRPC_PORT}||grpc-echo.default.svc.cluster.local");
-    for path in [
-        "/test.Echo/Unary",
-        "/test.Echo/Count",
-        "/test.Echo/Chat",
-        "/test.Echo/Fail",
-    ] {
+    for path in ["/test.Echo/Unary", "/test.Echo/Chat", "/test.Echo/Fail"] {
         match gw.access_entry(path) {
             Ok(e)
                 if e.protocol == "HTTP/2"
@@ -607,10 +622,17 @@ fn grpc_unary_streaming_errors_and_metrics() {
     }
 
     // istio_requests_total: request_protocol grpc, grpc_response_status 0 for the
-    // three calls that succeeded, 5 for NOT_FOUND, 12 for the call without a route.
+    // three calls that succeeded, 5 for NOT_FOUND (trailers-only), 8 for the stream
+    // that ended with RESOURCE_EXHAUSTED (trailers after messages), 12 for the call
+    // without a route.
     let samples = gw.prometheus().unwrap();
     let dest = "grpc-echo.default.svc.cluster.local";
-    for (status, want, extra) in [("0", 3.0, None), ("5", 1.0, None), ("12", 1.0, Some("NR"))] {
+    for (status, want, extra) in [
+        ("0", 3.0, None),
+        ("5", 1.0, None),
+        ("8", 1.0, None),
+        ("12", 1.0, Some("NR")),
+    ] {
         let mut labels = vec![
             ("reporter", "source"),
             ("request_protocol", "grpc"),
