@@ -238,9 +238,9 @@ impl TlsRuntime {
                 let mut status = lock(&state.status);
                 if status.error.as_deref() != Some(reason.as_str()) {
                     if state.config.load().is_some() {
-                        error!(server = %name, "TLS material not reloaded: {reason}; the previous certificate keeps serving");
+                        error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material not reloaded: {reason}; the previous certificate keeps serving");
                     } else {
-                        error!(server = %name, "TLS material not loaded: {reason}; handshakes for this server fail");
+                        error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material not loaded: {reason}; handshakes for this server fail");
                     }
                     status.error = Some(reason);
                 }
@@ -270,9 +270,9 @@ impl TlsRuntime {
             }
             Err(reason) => {
                 if state.config.load().is_some() {
-                    error!(server = %name, "TLS material refused: {reason}; the previous certificate keeps serving");
+                    error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material refused: {reason}; the previous certificate keeps serving");
                 } else {
-                    error!(server = %name, "TLS material refused: {reason}; handshakes for this server fail");
+                    error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material refused: {reason}; handshakes for this server fail");
                 }
                 status.error = Some(reason);
             }
@@ -399,7 +399,11 @@ impl TlsRuntime {
             let mut watch = lock(&self.watch);
             let events = tx.clone();
             match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Our own reads of the files are access events: reacting to
+                // them would reload in a loop.
+                if let Ok(event) = event
+                    && !matches!(event.kind, notify::EventKind::Access(_))
+                {
                     let _ = events.send(());
                 }
             }) {

@@ -436,7 +436,7 @@ fn start_backend(
     Ok(procs)
 }
 
-fn spawn_nginx(
+pub(super) fn spawn_nginx(
     topo: &Topology,
     ns: Ns,
     name: &str,
@@ -571,7 +571,7 @@ pub(super) fn wait_listening(
 
 /// Flags of `ingressd run` that make the comparison fair, when this build has them:
 /// one worker thread, and no access log (nginx and HAProxy log nothing either).
-fn ingressd_tuning(ingressd: &Path) -> Vec<&'static str> {
+pub(super) fn ingressd_tuning(ingressd: &Path) -> Vec<&'static str> {
     let help = output(Command::new(ingressd).args(["run", "--help"])).unwrap_or_default();
     let mut extra = Vec::new();
     if help.contains("--concurrency") {

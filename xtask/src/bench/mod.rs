@@ -7,6 +7,10 @@
 //!
 //! `tcp`: TCP forwarding through the node: routing only, iptables DNAT, HAProxy and
 //! ingressd's in-kernel path, then rule scaling; one module (generators unit-tested there).
+//!
+//! `tls`: TLS termination, ingressd (rustls) vs nginx (OpenSSL): full and resumed
+//! handshakes (h2load) and bulk throughput (curl); `istio` and `nginx` generate the
+//! configs, `tls` runs them (its parsers and report unit-tested there).
 
 mod cpu;
 mod haproxy;
@@ -16,6 +20,7 @@ mod nginx;
 mod report;
 mod routes;
 mod tcp;
+mod tls;
 mod wrk;
 
 use anyhow::Result;
@@ -30,6 +35,8 @@ pub enum Bench {
     Http(http::HttpArgs),
     /// TCP forwarding: direct routing vs iptables vs HAProxy vs ingressd in the kernel.
     Tcp(tcp::TcpArgs),
+    /// TLS termination: ingressd vs nginx, full and resumed handshakes, bulk throughput.
+    Tls(tls::TlsArgs),
 }
 
 /// Runs one benchmark.
@@ -38,5 +45,6 @@ pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Http(args) => http::run_http(&args),
         Bench::Tcp(args) => tcp::run_tcp(&args),
+        Bench::Tls(args) => tls::run_tls(&args),
     }
 }

@@ -1,10 +1,12 @@
-//! nginx configs for the HTTP benchmark: the proxy under test (generated from the
-//! [`RouteTable`]) and the static backend behind every proxy.
+//! nginx configs for the benchmarks: the HTTP proxy under test (generated from the
+//! [`RouteTable`]) and the static backend behind every proxy; the TLS server under test
+//! ([`tls_config`]) and the file backend behind it ([`file_backend_config`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 use std::path::Path;
 
+use super::istio::TlsSite;
 use super::routes::RouteTable;
 
 /// Name of the upstream block every location proxies to.
@@ -116,6 +118,91 @@ pub fn backend_config(backends: &[SocketAddrV4], dir: &Path) -> String {
     conf
 }
 
+/// The TLS server under test, on two ports that differ only in sessions: `full` resumes
+/// none (`ssl_session_tickets off; ssl_session_cache off;`), `resumable` issues stateless
+/// session tickets (`ssl_session_tickets on`, the session encrypted into the ticket; no
+/// session cache), as ingressd does with rustls' `Ticketer`. TLS 1.3 only, X25519 only,
+/// the site's certificate. Paths under the site's bulk prefix go to the backend (upstream
+/// keep-alive, the forwarding headers ingressd adds, 64 KiB proxy buffers and no temp
+/// files); everything else is
+/// answered with a fixed `200` and the site's body.
+pub fn tls_config(
+    site: &TlsSite<'_>,
+    full: SocketAddrV4,
+    resumable: SocketAddrV4,
+    dir: &Path,
+) -> String {
+    let mut conf = preamble(dir);
+    conf.push_str("http {\n");
+    conf.push_str(&http_common(dir));
+    let _ = write!(
+        conf,
+        "    upstream {UPSTREAM} {{
+        server {backend};
+        keepalive 16;
+    }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection \"\";
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Request-Id $request_id;
+    proxy_max_temp_file_size 0;
+    proxy_buffer_size 64k;
+    proxy_buffers 8 64k;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.3;
+    ssl_ecdh_curve X25519;
+    ssl_session_tickets off;
+",
+        backend = site.backend,
+        cert = site.cert.display(),
+        key = site.key.display(),
+    );
+    let body = site.body.escape_default();
+    for (listen, sessions) in [
+        (full, "ssl_session_cache off;"),
+        (resumable, "ssl_session_tickets on;"),
+    ] {
+        let _ = write!(
+            conf,
+            "    server {{
+        listen {listen} ssl;
+        server_name {host};
+        {sessions}
+        location {prefix} {{ proxy_pass http://{UPSTREAM}; }}
+        location / {{ return 200 \"{body}\"; }}
+    }}
+",
+            host = site.host,
+            prefix = site.bulk_prefix,
+        );
+    }
+    conf.push_str("}\n");
+    conf
+}
+
+/// A backend serving the files under `root` (with sendfile) on `listen`.
+pub fn file_backend_config(listen: SocketAddrV4, root: &Path, dir: &Path) -> String {
+    let mut conf = preamble(dir);
+    conf.push_str("http {\n");
+    conf.push_str(&http_common(dir));
+    let _ = write!(
+        conf,
+        "    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen {listen};
+        location / {{ root {root}; }}
+    }}
+}}
+",
+        root = root.display()
+    );
+    conf
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -158,6 +245,48 @@ mod tests {
         assert_eq!(conf.matches('{').count(), conf.matches('}').count());
     }
 
+    #[test]
+    fn tls_server_has_a_resuming_and_a_non_resuming_port() {
+        let (cert, key) = (Path::new("/d/cert.pem"), Path::new("/d/key.pem"));
+        let site = crate::bench::istio::tests::tls_site(cert, key);
+        let full = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8444);
+        let resumable = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 8445);
+        let conf = tls_config(&site, full, resumable, Path::new("/tmp/x"));
+        assert!(conf.contains("worker_processes 1;"));
+        assert!(conf.contains("    ssl_protocols TLSv1.3;\n"));
+        assert!(conf.contains("    ssl_ecdh_curve X25519;\n"));
+        assert!(conf.contains("    ssl_session_tickets off;\n"));
+        assert!(conf.contains("    proxy_max_temp_file_size 0;\n    proxy_buffer_size 64k;\n    proxy_buffers 8 64k;\n"));
+        assert!(conf.contains("    ssl_certificate /d/cert.pem;\n"));
+        assert!(conf.contains("    ssl_certificate_key /d/key.pem;\n"));
+        assert!(conf.contains(
+            "        listen 198.18.0.1:8444 ssl;\n        server_name tls.bench.example;\n        ssl_session_cache off;\n"
+        ));
+        assert!(conf.contains(
+            "        listen 198.18.0.1:8445 ssl;\n        server_name tls.bench.example;\n        ssl_session_tickets on;\n"
+        ));
+        assert_eq!(
+            conf.matches("location /bulk { proxy_pass http://bench_backend; }")
+                .count(),
+            2
+        );
+        assert_eq!(
+            conf.matches("location / { return 200 \"bench tls\\n\"; }")
+                .count(),
+            2
+        );
+        assert!(conf.contains("        server 198.18.1.10:8080;\n"));
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+        let backend = file_backend_config(
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 8080),
+            Path::new("/tmp/www"),
+            Path::new("/tmp/x"),
+        );
+        assert!(backend.contains("        listen 198.18.1.10:8080;\n"));
+        assert!(backend.contains("        location / { root /tmp/www; }\n"));
+        assert_eq!(backend.matches('{').count(), backend.matches('}').count());
+    }
+
     /// nginx itself accepts both configs (`nginx -t`), when it is installed.
     #[test]
     fn nginx_accepts_the_configs() {
@@ -179,9 +308,31 @@ mod tests {
             }
         };
         let table = RouteTable::standard(vec![free()]);
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=tls.bench.example", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl req");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let site = crate::bench::istio::tests::tls_site(&cert, &key);
         for (name, conf) in [
             ("proxy.conf", proxy_config(&table, free(), dir.path())),
             ("backend.conf", backend_config(&table.backends, dir.path())),
+            ("tls.conf", tls_config(&site, free(), free(), dir.path())),
+            (
+                "files.conf",
+                file_backend_config(free(), dir.path(), dir.path()),
+            ),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, conf).expect("write config");
