@@ -156,6 +156,8 @@ pub struct Metrics {
     request_duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    request_messages: Family<RequestLabels, Counter>,
+    response_messages: Family<RequestLabels, Counter>,
     /// The request series already created, by what varies per request, so
     /// the hot path neither builds label sets nor hashes them with SipHash.
     hot: RwLock<FxHashMap<HotKey, RequestSeries>>,
@@ -176,6 +178,8 @@ struct RequestSeries {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// gRPC series only.
+    messages: Option<(Counter, Counter)>,
 }
 
 /// What tells one request series from another on the hot path.
@@ -201,6 +205,9 @@ pub struct RequestSample<'a> {
     /// Body bytes received from the client and sent to it.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// gRPC messages each way (`None` for other requests).
+    pub request_messages: Option<u64>,
+    pub response_messages: Option<u64>,
 }
 
 /// gRPC status codes as label values.
@@ -226,6 +233,8 @@ impl Metrics {
         let response_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(
             size_histogram as fn() -> Histogram,
         );
+        let request_messages = Family::<RequestLabels, Counter>::default();
+        let response_messages = Family::<RequestLabels, Counter>::default();
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
         let tcp_sent = Family::<TcpLabels, Counter>::default();
@@ -246,6 +255,16 @@ impl Metrics {
             "istio_response_bytes",
             "Response body sizes in bytes",
             response_bytes.clone(),
+        );
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages from the client",
+            request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages to the client",
+            response_messages.clone(),
         );
         registry.register(
             "istio_tcp_connections_opened",
@@ -286,6 +305,8 @@ impl Metrics {
             request_duration,
             request_bytes,
             response_bytes,
+            request_messages,
+            response_messages,
             hot: RwLock::default(),
             tcp_opened,
             tcp_closed,
@@ -320,6 +341,12 @@ impl Metrics {
                     duration: self.request_duration.get_or_create(&labels).clone(),
                     request_bytes: self.request_bytes.get_or_create(&labels).clone(),
                     response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+                    messages: (sample.protocol == "grpc").then(|| {
+                        (
+                            self.request_messages.get_or_create(&labels).clone(),
+                            self.response_messages.get_or_create(&labels).clone(),
+                        )
+                    }),
                 };
                 self.hot
                     .write()
@@ -331,6 +358,10 @@ impl Metrics {
         series.duration.observe(sample.duration_ms);
         series.request_bytes.observe(sample.request_bytes as f64);
         series.response_bytes.observe(sample.response_bytes as f64);
+        if let Some((request, response)) = &series.messages {
+            request.inc_by(sample.request_messages.unwrap_or(0));
+            response.inc_by(sample.response_messages.unwrap_or(0));
+        }
         series.requests.inc();
     }
 
@@ -677,6 +708,8 @@ mod tests {
             grpc_status: None,
             request_bytes: 10,
             response_bytes: 2000,
+            request_messages: None,
+            response_messages: None,
             status: 200,
             flags: "-",
             duration_ms: 3.0,
