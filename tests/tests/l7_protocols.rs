@@ -655,6 +655,22 @@ fn grpc_unary_streaming_errors_and_metrics() {
             ));
         }
     }
+    // Istio's gRPC message counters: every call that reached the backend sent at
+    // least one message (six calls), and the answers carried messages back.
+    let messages = |name: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.name == name && s.label("destination_service") == dest)
+            .map(|s| s.value)
+            .sum()
+    };
+    let sent = messages("istio_request_messages_total");
+    let answered = messages("istio_response_messages_total");
+    if sent < 6.0 || answered < 3.0 {
+        failures.push(format!(
+            "gRPC message counters: request {sent}, response {answered} (want >= 6 and >= 3)"
+        ));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
