@@ -29,6 +29,20 @@ pub const ISTIO_DURATION_BUCKETS_MS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
+/// Buckets of `istio_request_bytes` / `istio_response_bytes`: powers of ten
+/// from 1 byte to 100 MB, as they appear in Istio's Prometheus output.
+pub const ISTIO_SIZE_BUCKETS_BYTES: [f64; 9] = [
+    1.0,
+    10.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
+];
+
 /// Labels of `istio_requests_total` and `istio_request_duration_milliseconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -140,9 +154,13 @@ pub struct Metrics {
     source: SourceIdentity,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    request_messages: Family<RequestLabels, Counter>,
+    response_messages: Family<RequestLabels, Counter>,
     /// The request series already created, by what varies per request, so
     /// the hot path neither builds label sets nor hashes them with SipHash.
-    hot: RwLock<FxHashMap<HotKey, (Counter, Histogram)>>,
+    hot: RwLock<FxHashMap<HotKey, RequestSeries>>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -150,6 +168,18 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     /// Envoy-like counters for `/stats`.
     pub envoy: StatStore,
+}
+
+/// The handles of one request series: count, duration, request and
+/// response size.
+#[derive(Clone, Debug)]
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+    /// gRPC series only.
+    messages: Option<(Counter, Counter)>,
 }
 
 /// What tells one request series from another on the hot path.
@@ -172,6 +202,12 @@ pub struct RequestSample<'a> {
     pub duration_ms: f64,
     /// `grpc-status` of a gRPC answer (headers or trailers).
     pub grpc_status: Option<u32>,
+    /// Body bytes received from the client and sent to it.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// gRPC messages each way (`None` for other requests).
+    pub request_messages: Option<u64>,
+    pub response_messages: Option<u64>,
 }
 
 /// gRPC status codes as label values.
@@ -191,6 +227,14 @@ impl Metrics {
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
         );
+        let request_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(
+            size_histogram as fn() -> Histogram,
+        );
+        let response_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(
+            size_histogram as fn() -> Histogram,
+        );
+        let request_messages = Family::<RequestLabels, Counter>::default();
+        let response_messages = Family::<RequestLabels, Counter>::default();
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
         let tcp_sent = Family::<TcpLabels, Counter>::default();
@@ -201,6 +245,26 @@ impl Metrics {
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds",
             request_duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes in bytes",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes in bytes",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "istio_request_messages",
+            "gRPC messages from the client",
+            request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC messages to the client",
+            response_messages.clone(),
         );
         registry.register(
             "istio_tcp_connections_opened",
@@ -239,6 +303,10 @@ impl Metrics {
             source,
             requests,
             request_duration,
+            request_bytes,
+            response_bytes,
+            request_messages,
+            response_messages,
             hot: RwLock::default(),
             tcp_opened,
             tcp_closed,
@@ -264,23 +332,37 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
             .cloned();
-        let (counter, histogram) = match cached {
-            Some(handles) => handles,
+        let series = match cached {
+            Some(series) => series,
             None => {
                 let labels = self.request_labels(sample);
-                let handles = (
-                    self.requests.get_or_create(&labels).clone(),
-                    self.request_duration.get_or_create(&labels).clone(),
-                );
+                let series = RequestSeries {
+                    requests: self.requests.get_or_create(&labels).clone(),
+                    duration: self.request_duration.get_or_create(&labels).clone(),
+                    request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                    response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+                    messages: (sample.protocol == "grpc").then(|| {
+                        (
+                            self.request_messages.get_or_create(&labels).clone(),
+                            self.response_messages.get_or_create(&labels).clone(),
+                        )
+                    }),
+                };
                 self.hot
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(key, handles.clone());
-                handles
+                    .insert(key, series.clone());
+                series
             }
         };
-        histogram.observe(sample.duration_ms);
-        counter.inc();
+        series.duration.observe(sample.duration_ms);
+        series.request_bytes.observe(sample.request_bytes as f64);
+        series.response_bytes.observe(sample.response_bytes as f64);
+        if let Some((request, response)) = &series.messages {
+            request.inc_by(sample.request_messages.unwrap_or(0));
+            response.inc_by(sample.response_messages.unwrap_or(0));
+        }
+        series.requests.inc();
     }
 
     fn request_labels(&self, sample: &RequestSample<'_>) -> RequestLabels {
@@ -360,6 +442,10 @@ impl Metrics {
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(ISTIO_SIZE_BUCKETS_BYTES)
 }
 
 fn duration_histogram() -> Histogram {
@@ -620,6 +706,10 @@ mod tests {
             destination: &destination,
             protocol: "http",
             grpc_status: None,
+            request_bytes: 10,
+            response_bytes: 2000,
+            request_messages: None,
+            response_messages: None,
             status: 200,
             flags: "-",
             duration_ms: 3.0,
@@ -648,6 +738,8 @@ mod tests {
         }
         assert!(line.ends_with(" 1"), "{line}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket{"));
+        assert!(text.contains("istio_request_bytes_bucket{"));
+        assert!(text.contains("istio_response_bytes_sum{"));
         assert!(text.contains("le=\"3.6e+06\""), "{text}");
         assert!(text.contains("ingressd_config_reload_total{result=\"failure\"} 0"));
         assert!(text.contains("process_cpu_seconds_total"));

@@ -11,6 +11,8 @@ pub struct AccessEntry {
     pub method: String,
     /// `%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`: the path as the client sent it.
     pub path: String,
+    /// `%PROTOCOL%` (`HTTP/1.1`, `HTTP/2`).
+    pub protocol: String,
     /// `%RESPONSE_CODE%`.
     pub status: u16,
     /// `%RESPONSE_FLAGS%` (`-` when none).
@@ -65,9 +67,11 @@ pub fn parse_text(line: &str) -> Result<AccessEntry> {
     let mut request = f[1].split(' ');
     let method = request.next().unwrap_or_default().to_owned();
     let path = request.next().unwrap_or_default().to_owned();
+    let protocol = request.next().unwrap_or_default().to_owned();
     Ok(AccessEntry {
         method,
         path,
+        protocol,
         status: f[2]
             .parse()
             .with_context(|| format!("status {:?} in {line}", f[2]))?,
@@ -92,6 +96,7 @@ pub fn parse_json(line: &str) -> Result<AccessEntry> {
     Ok(AccessEntry {
         method: text("method"),
         path: text("path"),
+        protocol: text("protocol"),
         status: v["response_code"]
             .as_u64()
             .and_then(|c| u16::try_from(c).ok())
@@ -129,6 +134,7 @@ mod tests {
         let e = parse_text(line).unwrap();
         assert_eq!(e.method, "GET");
         assert_eq!(e.path, "/retry?x=1");
+        assert_eq!(e.protocol, "HTTP/1.1");
         assert_eq!(e.status, 503);
         assert_eq!(e.flags, "URX");
         assert_eq!(e.authority, "retry.lab.example.com");

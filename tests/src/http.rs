@@ -172,14 +172,14 @@ impl Topology {
     }
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(crate) fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
 
 /// Parses the last header block of a curl `-D` dump (earlier ones are 1xx responses).
-fn parse_head(text: &str) -> Option<(u16, Vec<(String, String)>)> {
+pub(crate) fn parse_head(text: &str) -> Option<(u16, Vec<(String, String)>)> {
     let start = text.rfind("HTTP/")?;
     parse_status_and_headers(&text[start..])
 }

@@ -11,6 +11,7 @@ pub mod features;
 pub mod fixture;
 pub mod http;
 pub mod kernel;
+pub mod l7;
 pub mod mariadb;
 pub mod proc;
 pub mod root;

@@ -26,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "ca-certificates",
     "procps",
     "util-linux",
+    // The gRPC tests' scripts (grpcio comes from PyPI, see `ensure_grpcio`).
+    "python3",
+    "python3-pip",
     // Benchmarks and later protocol tests.
     "nginx",
     "haproxy",
@@ -78,6 +81,9 @@ pub fn run(mode: Mode) -> Result<()> {
     }
     if !ensure_bpffs(mode)? {
         missing.push("bpffs at /sys/fs/bpf".to_owned());
+    }
+    if !ensure_grpcio(mode)? {
+        missing.push(format!("Python {GRPCIO} (for the gRPC tests)"));
     }
     if !missing.is_empty() {
         let message = format!(
@@ -255,6 +261,45 @@ fn bpf_linker_state(llvm: u32) -> LinkerState {
         return LinkerState::WrongLlvm(found);
     }
     LinkerState::Ok
+}
+
+/// The PyPI package the gRPC tests' client and server scripts import (as `grpc`).
+const GRPCIO: &str = "grpcio";
+
+/// Returns whether `python3` (the one on `PATH`, which the tests run) can import
+/// `grpc`, installing grpcio from PyPI with pip when it cannot.
+fn ensure_grpcio(mode: Mode) -> Result<bool> {
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", "import grpc"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if importable() {
+        println!("pip: {GRPCIO} is already installed");
+        return Ok(true);
+    }
+    if mode == Mode::CheckOnly {
+        println!("pip: {GRPCIO} is not installed");
+        return Ok(false);
+    }
+    // `--break-system-packages`: Debian's own python3 refuses pip installs outside a
+    // venv without it (PEP 668); a pyenv or venv python ignores it.
+    util::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--root-user-action=ignore",
+        "--break-system-packages",
+        GRPCIO,
+    ]))?;
+    if !importable() {
+        bail!("pip: {GRPCIO} installed, but `python3 -c 'import grpc'` still fails");
+    }
+    Ok(true)
 }
 
 /// Returns whether bpffs is (now) mounted.

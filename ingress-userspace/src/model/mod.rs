@@ -2130,8 +2130,8 @@ fn convert_lb(
                 let ttl = cookie
                     .ttl
                     .as_deref()
-                    .and_then(|t| ctx.duration(t, &format!("{hfield}.httpCookie.ttl")))
-                    .filter(|d| !d.is_zero());
+                    // 0s: a session cookie (no Max-Age), as in Envoy.
+                    .and_then(|t| ctx.duration(t, &format!("{hfield}.httpCookie.ttl")));
                 HashKey::Cookie {
                     name,
                     path: cookie.path.clone(),
@@ -2163,12 +2163,13 @@ fn convert_pool(
     let mut connect_timeout = None;
     let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
         match v {
-            None => None,
+            // Istio copies only values above 0: 0 means "not set".
+            None | Some(0) => None,
             Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
             Some(n) => {
                 ctx.error(
                     format!("{field}.{f}"),
-                    format!("invalid value {n}: must be positive"),
+                    format!("invalid value {n}: must not be negative"),
                 );
                 None
             }
@@ -2253,10 +2254,9 @@ fn convert_outlier(
             .or(outlier.consecutive_errors),
         "consecutive5xxErrors",
     ) {
+        // Istio copies the count only when set: Envoy's default of 5 stays
+        // otherwise, also when only gateway errors are configured.
         out.consecutive_5xx = n;
-    } else if outlier.consecutive_gateway_errors.is_some() {
-        // Istio disables the 5xx detector when only gateway errors are given.
-        out.consecutive_5xx = 0;
     }
     if let Some(n) = count(
         ctx,

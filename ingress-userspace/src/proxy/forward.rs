@@ -147,13 +147,17 @@ fn hash_key(
                 .flat_map(|v| v.split(';'))
                 .filter_map(|c| c.trim().split_once('='))
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_owned());
+                .map(|(_, v)| v.trim_matches('"').to_owned());
             match (found, ttl) {
                 (Some(value), _) => (hash(value.as_bytes()), None),
                 (None, Some(ttl)) => {
                     // Envoy generates the cookie; the client sticks from the next request.
                     let value = format!("{:016x}", random_u64());
-                    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_secs());
+                    // Envoy quotes the value; a zero ttl is a session cookie.
+                    let mut cookie = format!("{name}=\"{value}\"");
+                    if !ttl.is_zero() {
+                        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                    }
                     if let Some(p) = path {
                         cookie.push_str(&format!("; Path={p}"));
                     }

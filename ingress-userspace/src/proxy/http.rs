@@ -30,6 +30,7 @@ use crate::stats::{DestinationLabels, RequestSample};
 
 use super::access_log::AccessRecord;
 use super::forward::{Downstream, roll_percent};
+use super::grpc::MessageCounter;
 use super::upstream::{ClusterState, EndpointStats};
 use super::{ConnInfo, Context, ListenerStats, ProxyError};
 
@@ -62,6 +63,8 @@ pub(super) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 pub struct RequestBody {
     inner: Incoming,
     received: Arc<AtomicU64>,
+    /// gRPC requests: the message count, shared with the finisher.
+    grpc: Option<(MessageCounter, Arc<AtomicU64>)>,
 }
 
 impl Body for RequestBody {
@@ -79,6 +82,10 @@ impl Body for RequestBody {
         {
             this.received
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if let Some((counter, shared)) = &mut this.grpc {
+                counter.feed(data);
+                shared.store(counter.messages, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -97,12 +104,15 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     inner: ProxyBody,
     sent: u64,
+    /// gRPC answers: their messages.
+    grpc: Option<MessageCounter>,
     finisher: Option<Finisher>,
 }
 
 impl ResponseBody {
     fn finish(&mut self) {
-        if let Some(finisher) = self.finisher.take() {
+        if let Some(mut finisher) = self.finisher.take() {
+            finisher.response_messages = self.grpc.as_ref().map(|c| c.messages);
             finisher.finish(self.sent);
         }
     }
@@ -122,6 +132,9 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
+                    if let Some(counter) = &mut this.grpc {
+                        counter.feed(data);
+                    }
                 } else if let Some(trailers) = frame.trailers_ref()
                     && let Some(finisher) = &mut this.finisher
                     && finisher.request_protocol == "grpc"
@@ -186,6 +199,9 @@ pub struct Finisher {
     grpc_status: Option<u32>,
     /// The matched route's policy (its response headers go on local replies).
     route_policy: Option<Arc<RoutePolicy>>,
+    /// gRPC message counts (requests: shared with the request body).
+    request_messages: Option<Arc<AtomicU64>>,
+    response_messages: Option<u64>,
 }
 
 impl Finisher {
@@ -235,6 +251,13 @@ impl Finisher {
             flags: self.record.flags,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             grpc_status: self.grpc_status,
+            request_bytes: self.record.bytes_received,
+            response_bytes: self.record.bytes_sent,
+            request_messages: self
+                .request_messages
+                .as_ref()
+                .map(|m| m.load(Ordering::Relaxed)),
+            response_messages: self.response_messages,
         });
         self.ctx.access_log.write(&self.record);
     }
@@ -300,11 +323,15 @@ pub async fn serve(
     } else {
         "http"
     };
+    let request_messages = (request_protocol == "grpc").then(|| Arc::new(AtomicU64::new(0)));
     let request = Request::from_parts(
         parts,
         RequestBody {
             inner: body,
             received: received.clone(),
+            grpc: request_messages
+                .clone()
+                .map(|shared| (MessageCounter::default(), shared)),
         },
     );
 
@@ -321,6 +348,8 @@ pub async fn serve(
         permit: None,
         grpc_status: None,
         route_policy: None,
+        request_messages,
+        response_messages: None,
     };
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
@@ -355,9 +384,11 @@ pub async fn serve(
     if request_protocol == "grpc" {
         finisher.grpc_status = grpc_status(response.headers());
     }
+    let grpc = (request_protocol == "grpc").then(MessageCounter::default);
     Ok(response.map(|inner| ResponseBody {
         inner,
         sent: 0,
+        grpc,
         finisher: Some(finisher),
     }))
 }

@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod forward;
+pub mod grpc;
 pub mod http;
 pub mod tcp;
 pub mod tls;

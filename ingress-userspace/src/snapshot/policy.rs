@@ -305,7 +305,8 @@ pub enum LbPolicy {
 pub enum HashKey {
     Header(HeaderName),
     /// With a `ttl`, a request without the cookie gets one set on its
-    /// response, so the client sticks from then on.
+    /// response, so the client sticks from then on (a zero ttl sets a
+    /// session cookie).
     Cookie {
         name: String,
         path: Option<String>,

@@ -238,9 +238,9 @@ impl TlsRuntime {
                 let mut status = lock(&state.status);
                 if status.error.as_deref() != Some(reason.as_str()) {
                     if state.config.load().is_some() {
-                        error!(server = %name, "TLS material not reloaded: {reason}; the previous certificate keeps serving");
+                        error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material not reloaded: {reason}; the previous certificate keeps serving");
                     } else {
-                        error!(server = %name, "TLS material not loaded: {reason}; handshakes for this server fail");
+                        error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material not loaded: {reason}; handshakes for this server fail");
                     }
                     status.error = Some(reason);
                 }
@@ -270,9 +270,9 @@ impl TlsRuntime {
             }
             Err(reason) => {
                 if state.config.load().is_some() {
-                    error!(server = %name, "TLS material refused: {reason}; the previous certificate keeps serving");
+                    error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material refused: {reason}; the previous certificate keeps serving");
                 } else {
-                    error!(server = %name, "TLS material refused: {reason}; handshakes for this server fail");
+                    error!(server = %name, source = %state.spec.certificate.sds_name(), "TLS material refused: {reason}; handshakes for this server fail");
                 }
                 status.error = Some(reason);
             }

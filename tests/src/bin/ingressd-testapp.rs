@@ -1,5 +1,5 @@
-//! Backends for tests and the demo: an HTTP `counter` (echoes what it received) and a
-//! TCP `tcp-echo`.
+//! Backends for tests and the demo: an HTTP `counter` (echoes what it received), a
+//! WebSocket `ws-echo` and a TCP `tcp-echo`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,14 +10,19 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as WsRequest, Response as WsResponse,
+};
 
 /// Longest delay `/slow?ms=N` honours.
 const MAX_DELAY_MS: u64 = 60_000;
@@ -31,9 +36,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// HTTP/1.1 server answering every request with 200 and a JSON description of it:
-    /// `{"app":"counter","instance":NAME,"count":N,"method":..,"path":..,"host":..,
-    /// "body_bytes":N,"headers":{..}}`, and logging one line per request on stdout
+    /// HTTP/1.1 and h2c (prior knowledge) server answering every request with 200 and
+    /// a JSON description of it: `{"app":"counter","instance":NAME,"count":N,
+    /// "method":..,"path":..,"host":..,"version":"HTTP/1.1"|"HTTP/2.0","body_bytes":N,
+    /// "headers":{..}}`, and logging one line per request on stdout
     /// (`counter NAME: #N METHOD PATH host=HOST body=N from PEER`).
     ///
     /// Query parameters shape the answer, so that tests can make one instance of
@@ -42,7 +48,8 @@ enum Cmd {
     /// `?fail=N&key=K` answers 503 to the first N requests carrying key K (counted
     /// per instance), then as usual (with `&fail_with=reset`: closes the connection
     /// without an answer instead); `?delay_on=NAME&ms=N` waits N ms only on the
-    /// instance called NAME (e.g. a mirror); `?grpc_status=N` adds `grpc-status: N`
+    /// instance called NAME (e.g. a mirror); `?fail_on=NAME` answers 503 only on the
+    /// instance called NAME; `?grpc_status=N` adds `grpc-status: N`
     /// (and `content-type: application/grpc`) to the answer, as a trailers-only gRPC
     /// error would carry it.
     Counter {
@@ -50,6 +57,19 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
         /// Instance name reported in every answer.
+        #[arg(long)]
+        name: String,
+    },
+    /// WebSocket server (HTTP/1.1 upgrade on any path): echoes every text frame as
+    /// `NAME: TEXT` and every binary frame with `NAME: ` in front, answers pings, and
+    /// logs one line per connection on stdout
+    /// (`ws-echo NAME: PATH from PEER headers=JSON`, then `ws-echo NAME: closed after N
+    /// frames`).
+    WsEcho {
+        /// Address to listen on, e.g. 198.18.1.20:8080.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Instance name put in front of every echoed frame.
         #[arg(long)]
         name: String,
     },
@@ -75,6 +95,7 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Cmd::Counter { listen, name } => counter(listen, name).await,
+            Cmd::WsEcho { listen, name } => ws_echo(listen, name).await,
             Cmd::TcpEcho { listen, name } => tcp_echo(listen, name).await,
         }
     })
@@ -109,8 +130,8 @@ async fn counter(listen: SocketAddr, name: String) -> Result<()> {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(Arc::clone(&state), peer, req));
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
+            // HTTP/1.1, or HTTP/2 when the client starts with the h2c preface.
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -161,15 +182,17 @@ async fn answer(
         let ms = param("ms").unwrap_or(1000).min(MAX_DELAY_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let failing = match (param("fail"), text_param("key")) {
-        (Some(n), Some(key)) => {
-            let mut keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = keys.entry(key.to_owned()).or_insert(0);
-            *seen += 1;
-            *seen <= n
-        }
-        _ => false,
-    };
+    let failing_here = text_param("fail_on").is_some_and(|n| n == state.name);
+    let failing = failing_here
+        || match (param("fail"), text_param("key")) {
+            (Some(n), Some(key)) => {
+                let mut keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
+                let seen = keys.entry(key.to_owned()).or_insert(0);
+                *seen += 1;
+                *seen <= n
+            }
+            _ => false,
+        };
     if failing && text_param("fail_with") == Some("reset") {
         // An error from the service makes hyper close the connection unanswered.
         return Err(std::io::Error::other("reset by ?fail_with=reset"));
@@ -203,6 +226,7 @@ async fn answer(
         "method": parts.method.as_str(),
         "path": path,
         "host": host,
+        "version": format!("{:?}", parts.version),
         "peer": peer.to_string(),
         "body_bytes": body_bytes,
         "headers": headers,
@@ -224,6 +248,69 @@ async fn answer(
         headers.insert("grpc-status", hyper::header::HeaderValue::from(code));
     }
     Ok(response)
+}
+
+async fn ws_echo(listen: SocketAddr, name: String) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("ws-echo {name} listening on {listen}");
+    let name = Arc::new(name);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let name = Arc::clone(&name);
+        tokio::spawn(async move {
+            if let Err(e) = ws_session(stream, peer, &name).await {
+                eprintln!("ws-echo {name}: {peer}: {e}");
+            }
+        });
+    }
+}
+
+// tungstenite's handshake callback returns its (large) error response type.
+#[allow(clippy::result_large_err)]
+async fn ws_session(stream: TcpStream, peer: SocketAddr, name: &str) -> Result<()> {
+    let seen = |req: &WsRequest, resp: WsResponse| {
+        let mut headers = serde_json::Map::new();
+        for (n, v) in req.headers() {
+            headers.insert(
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+            );
+        }
+        println!(
+            "ws-echo {name}: {} from {peer} headers={}",
+            req.uri(),
+            serde_json::Value::Object(headers)
+        );
+        Ok(resp)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, seen).await?;
+    let mut frames = 0u64;
+    while let Some(message) = ws.next().await {
+        let reply = match message? {
+            Message::Text(text) => Message::text(format!("{name}: {text}")),
+            Message::Binary(data) => {
+                let mut out = format!("{name}: ").into_bytes();
+                out.extend_from_slice(&data);
+                Message::binary(out)
+            }
+            Message::Close(_) => break,
+            // tungstenite answers pings itself.
+            _ => continue,
+        };
+        frames += 1;
+        ws.send(reply).await?;
+    }
+    println!("ws-echo {name}: closed after {frames} frames");
+    Ok(())
 }
 
 async fn tcp_echo(listen: SocketAddr, name: String) -> Result<()> {
