@@ -232,9 +232,13 @@ impl Admin {
 async fn build(dir: &Path, options: &Options) -> anyhow::Result<Result<Snapshot, usize>> {
     let dir = dir.to_owned();
     let options = options.clone();
-    let outcome = tokio::task::spawn_blocking(move || pipeline::build_from_dir(&dir, &options))
-        .await
-        .context("the config pipeline panicked")?;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = pipeline::build_from_dir(&dir, &options);
+        release_freed_memory();
+        outcome
+    })
+    .await
+    .context("the config pipeline panicked")?;
     for diagnostic in outcome.diagnostics.iter() {
         if diagnostic.is_error() {
             error!("{diagnostic}");
@@ -246,6 +250,16 @@ async fn build(dir: &Path, options: &Options) -> anyhow::Result<Result<Snapshot,
         Some(snapshot) if !outcome.diagnostics.has_errors() => Ok(snapshot),
         _ => Err(outcome.diagnostics.errors().count().max(1)),
     })
+}
+
+/// Parsing a large config peaks far above what the snapshot keeps (10,000
+/// VirtualServices: ~230 MB while parsing, ~60 MB after); mimalloc returns
+/// freed pages to the OS only when the thread allocates again, and the
+/// pipeline's thread goes idle, so collect now.
+fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only frees memory this
+    // thread's heap no longer uses (and is a no-op without mimalloc in use).
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 async fn reload(
