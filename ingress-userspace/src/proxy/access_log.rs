@@ -40,6 +40,12 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// Whether lines are written at all (request fields are only copied
+    /// into the record when they are).
+    pub fn enabled(&self) -> bool {
+        self.format != AccessLogFormat::Off
+    }
+
     /// Writes one line for `record`. Write errors (a closed stdout) are ignored:
     /// the access log must never take the data path down.
     pub fn write(&self, record: &AccessRecord) {

@@ -308,12 +308,15 @@ pub async fn serve(
     let (mut parts, body) = request.into_parts();
     prepare_downstream(&mut parts.headers, &conn);
     record.method = Some(parts.method.as_str().to_owned());
-    record.path = Some(path_and_query(&parts.uri).to_owned());
     record.protocol = Some(protocol_name(parts.version));
-    record.forwarded_for = header_string(&parts.headers, &X_FORWARDED_FOR);
-    record.user_agent = header_string(&parts.headers, &header::USER_AGENT);
-    record.request_id = header_string(&parts.headers, &X_REQUEST_ID);
-    record.authority = authority(&parts.uri, &parts.headers).map(str::to_owned);
+    // The rest is only for the access log: no copies when it is off.
+    if ctx.access_log.enabled() {
+        record.path = Some(path_and_query(&parts.uri).to_owned());
+        record.forwarded_for = header_string(&parts.headers, &X_FORWARDED_FOR);
+        record.user_agent = header_string(&parts.headers, &header::USER_AGENT);
+        record.request_id = header_string(&parts.headers, &X_REQUEST_ID);
+        record.authority = authority(&parts.uri, &parts.headers).map(str::to_owned);
+    }
     let request_protocol = if parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -429,7 +432,9 @@ async fn route_request(
     let Some(route) = vhost.select_route(&attributes) else {
         return Err(ProxyError::NoRoute);
     };
-    finisher.record.route_name = Some(route.name.clone());
+    if ctx.access_log.enabled() {
+        finisher.record.route_name = Some(route.name.clone());
+    }
     finisher.route_policy = Some(route.policy.clone());
     let policy = &route.policy;
     // CORS first: a preflight the policy allows is answered here.
