@@ -192,34 +192,36 @@ impl ClusterState {
     /// serving endpoints that outlier detection has not ejected, preferring
     /// ones not in `pick.avoid`; `None` when none is available.
     pub fn choose<'c>(&self, cluster: &'c Cluster, pick: Pick<'_>) -> Option<&'c Endpoint> {
-        let ejected = |e: &Endpoint| {
-            cluster.policy.outlier.is_some()
-                && self
-                    .endpoint_if_used(e.address)
-                    .is_some_and(|s| s.is_ejected())
+        // Counted and indexed in place: no list of candidates is built per request.
+        let eligible = |e: &&Endpoint| {
+            e.serving
+                && (cluster.policy.outlier.is_none()
+                    || !self
+                        .endpoint_if_used(e.address)
+                        .is_some_and(|s| s.is_ejected()))
         };
-        let mut candidates: Vec<&Endpoint> = cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.serving && !ejected(e))
-            .collect();
-        if candidates.is_empty() {
+        let fresh = |e: &&Endpoint| eligible(e) && !pick.avoid.contains(&e.address);
+        let count = |filter: &dyn Fn(&&Endpoint) -> bool| {
+            cluster.endpoints.iter().filter(|e| filter(e)).count()
+        };
+        let all = count(&eligible);
+        if all == 0 {
             return None;
         }
-        if !pick.avoid.is_empty() {
-            let fresh: Vec<&Endpoint> = candidates
-                .iter()
-                .copied()
-                .filter(|e| !pick.avoid.contains(&e.address))
-                .collect();
-            if !fresh.is_empty() {
-                candidates = fresh;
-            }
-        }
-        let n = candidates.len();
+        let unused = if pick.avoid.is_empty() {
+            0
+        } else {
+            count(&fresh)
+        };
+        let (filter, n): (&dyn Fn(&&Endpoint) -> bool, usize) = if unused > 0 {
+            (&fresh, unused)
+        } else {
+            (&eligible, all)
+        };
+        let nth = |i: usize| cluster.endpoints.iter().filter(|e| filter(e)).nth(i);
         let index = match (&cluster.policy.lb, pick.hash) {
             (LbPolicy::ConsistentHash(_), Some(hash)) if pick.avoid.is_empty() => {
-                let table = self.hash_table(&candidates);
+                let table = self.hash_table(cluster.endpoints.iter().filter(|e| filter(e)), n);
                 (table[(hash % HASH_TABLE_SIZE) as usize] as usize).saturating_sub(1)
             }
             (LbPolicy::RoundRobin, _) => self.next.fetch_add(1, Ordering::Relaxed) % n,
@@ -234,28 +236,35 @@ impl ClusterState {
                     let a = (random_u64() % n as u64) as usize;
                     let b = (a + 1 + (random_u64() % (n as u64 - 1)) as usize) % n;
                     let load = |i: usize| {
-                        self.endpoint_if_used(candidates[i].address)
+                        nth(i)
+                            .and_then(|e| self.endpoint_if_used(e.address))
                             .map_or(0, |s| s.rq_active.load(Ordering::Relaxed))
                     };
                     if load(b) < load(a) { b } else { a }
                 }
             }
         };
-        candidates.get(index).copied()
+        nth(index)
     }
 
-    /// The Maglev table over `candidates` (cached while they stay the same).
-    fn hash_table(&self, candidates: &[&Endpoint]) -> Arc<Vec<u32>> {
-        let addresses: Vec<SocketAddr> = candidates.iter().map(|e| e.address).collect();
+    /// The Maglev table over the `n` `candidates` (cached while they stay
+    /// the same; compared in place, so a hit allocates nothing).
+    fn hash_table<'c>(
+        &self,
+        candidates: impl Iterator<Item = &'c Endpoint> + Clone,
+        n: usize,
+    ) -> Arc<Vec<u32>> {
         let mut cached = self
             .hash_table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((built_for, table)) = cached.as_ref()
-            && *built_for == addresses
+            && built_for.len() == n
+            && built_for.iter().eq(candidates.clone().map(|e| &e.address))
         {
             return table.clone();
         }
+        let addresses: Vec<SocketAddr> = candidates.map(|e| e.address).collect();
         let members: Vec<(u64, u64)> = addresses.iter().map(|a| (address_identity(a), 1)).collect();
         let table = Arc::new(crate::maglev::table(&members, HASH_TABLE_SIZE));
         *cached = Some((addresses, table.clone()));
