@@ -657,6 +657,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A count that must not be negative (saturating at `u32::MAX`).
+    fn count(&mut self, value: Option<i64>, field: &str) -> Option<u32> {
+        match value? {
+            n if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            n => {
+                self.error(field, format!("invalid value {n}: must not be negative"));
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, value: &str, field: &str) -> Option<Duration> {
         match duration::parse(value) {
             Ok(d) => Some(d),
@@ -2161,19 +2172,9 @@ fn convert_pool(
 ) -> (PoolLimits, Option<Duration>) {
     let mut limits = PoolLimits::default();
     let mut connect_timeout = None;
-    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
-        match v {
-            // Istio copies only values above 0: 0 means "not set".
-            None | Some(0) => None,
-            Some(n) if n > 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-            Some(n) => {
-                ctx.error(
-                    format!("{field}.{f}"),
-                    format!("invalid value {n}: must not be negative"),
-                );
-                None
-            }
-        }
+    // Istio copies only values above 0: 0 means "not set".
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| {
+        ctx.count(v, &format!("{field}.{f}")).filter(|&n| n > 0)
     };
     if let Some(tcp) = &pool.tcp {
         limits.max_connections = count(ctx, tcp.max_connections, "tcp.maxConnections");
@@ -2234,19 +2235,7 @@ fn convert_outlier(
     ctx: &mut Ctx<'_>,
 ) -> OutlierPolicy {
     let mut out = OutlierPolicy::default();
-    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| -> Option<u32> {
-        match v {
-            None => None,
-            Some(n) if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-            Some(n) => {
-                ctx.error(
-                    format!("{field}.{f}"),
-                    format!("invalid value {n}: must not be negative"),
-                );
-                None
-            }
-        }
-    };
+    let count = |ctx: &mut Ctx<'_>, v: Option<i64>, f: &str| ctx.count(v, &format!("{field}.{f}"));
     if let Some(n) = count(
         ctx,
         outlier
