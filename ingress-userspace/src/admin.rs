@@ -375,9 +375,12 @@ pub fn clusters_text(snapshot: &Snapshot, ctx: &Context) -> String {
     out
 }
 
-/// Istio's status port: `/healthz/ready` is 200 only while [`State::Live`].
+/// Istio's status port: `/healthz/ready` is 200 only while [`State::Live`];
+/// `/healthz/live` is 200 whenever the process answers (a liveness probe must
+/// not restart a daemon that is still syncing or draining).
 pub fn status_response(state: State, path: &str) -> AdminResponse {
     match path {
+        "/healthz/live" => text(StatusCode::OK, format!("{}\n", state.envoy_name())),
         "/healthz/ready" if state == State::Live => text(StatusCode::OK, ""),
         "/healthz/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -595,6 +598,14 @@ mod tests {
         assert_eq!(
             status_response(State::PreInitializing, "/healthz/ready").status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status_response(State::PreInitializing, "/healthz/live").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_response(State::Draining, "/healthz/live").status(),
+            StatusCode::OK
         );
     }
 
