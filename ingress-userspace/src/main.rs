@@ -18,12 +18,12 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ingress_userspace::daemon::{self, KernelMode, RunOptions, SourceOptions};
-use ingress_userspace::source::kubernetes::KubeOptions;
 use ingress_userspace::kernel::AttachMode;
 use ingress_userspace::kernel::manager::{self as kernel_manager, DEFAULT_PIN_ROOT, XdpMode};
 use ingress_userspace::pipeline::{self, Options, Outcome};
 use ingress_userspace::proxy::access_log::{AccessLog, AccessLogFormat};
 use ingress_userspace::snapshot::GatewayIdentity;
+use ingress_userspace::source::kubernetes::KubeOptions;
 use ingress_userspace::{dump, explain};
 
 /// An Envoy-free, eBPF-accelerated Istio ingress gateway.
