@@ -25,7 +25,9 @@ pub struct KubeGateway {
     pub backends: Vec<Proc>,
     pub api: FakeApiServer,
     pub topo: Topology,
-    _kubeconfig: tempfile::TempDir,
+    /// The kubeconfig pointing at `api`.
+    pub kubeconfig: std::path::PathBuf,
+    _kubeconfig_dir: tempfile::TempDir,
 }
 
 /// Every document of a YAML text, as JSON values.
@@ -154,8 +156,25 @@ impl KubeGateway {
             backends,
             api,
             topo,
-            _kubeconfig: kubeconfig,
+            kubeconfig: kubeconfig_path,
+            _kubeconfig_dir: kubeconfig,
         })
+    }
+
+    /// `ingressd <subcommand> --source kubernetes --kubeconfig ... <args>`
+    /// (check, explain, dump) in the node namespace.
+    pub fn cli(&self, subcommand: &str, args: &[&str]) -> Result<std::process::Output> {
+        let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
+        let mut all = vec![
+            subcommand,
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+        ];
+        all.extend_from_slice(args);
+        self.topo
+            .exec(Ns::Node, ingressd_bin()?, all, Duration::from_secs(60))
     }
 
     /// Applies every object.

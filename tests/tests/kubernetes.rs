@@ -286,6 +286,47 @@ stringData: {password: hunter2}
         gw.daemon.log_tail(30)
     );
 
+    // `check` and `explain` against the cluster see what the daemon sees.
+    let check = gw.cli("check", &[]).unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("error: kubernetes:virtualservices/default/broken")
+                && l.contains("spec.http[0].match[0].uri.regex")
+        ),
+        "{stdout}"
+    );
+    let explain = gw
+        .cli(
+            "explain",
+            &[
+                "--port",
+                "80",
+                "--host",
+                "fresh.lab.example.com",
+                "--path",
+                "/",
+            ],
+        )
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap_or_else(|e| {
+        panic!(
+            "explain: {e}\n{}\n{}",
+            String::from_utf8_lossy(&explain.stdout),
+            String::from_utf8_lossy(&explain.stderr)
+        )
+    });
+    assert_eq!(
+        answer["cluster"], "outbound|80||counter.default.svc.cluster.local",
+        "{answer}"
+    );
+    assert!(
+        String::from_utf8_lossy(&explain.stderr).contains("(object left out)"),
+        "{}",
+        String::from_utf8_lossy(&explain.stderr)
+    );
+
     // A fix applies.
     gw.api
         .apply(vs("broken", "broken.lab.example.com"))
@@ -335,7 +376,9 @@ stringData: {password: hunter2}
 
 /// Echoes `payload` through `stream`.
 fn echo(stream: &mut TcpStream, payload: &[u8]) {
-    stream.write_all(payload).expect("writing to the echo connection");
+    stream
+        .write_all(payload)
+        .expect("writing to the echo connection");
     let mut got = vec![0u8; payload.len()];
     stream.read_exact(&mut got).expect("reading the echo");
     assert_eq!(got, payload);
