@@ -98,6 +98,15 @@ fn readiness_waits_for_the_initial_lists_then_routes_follow_the_api() {
     })
     .unwrap();
 
+    // Dropped watch streams resume (from their resourceVersion) and a change
+    // made meanwhile arrives.
+    gw.api.drop_watches();
+    gw.api.apply(vs("after-drop", "after-drop.lab.example.com")).unwrap();
+    gw.wait_until("change after dropped watches", CHANGE_TIMEOUT, || {
+        gw.request(8080, "after-drop.lab.example.com").0 == 200
+    })
+    .unwrap();
+
     // Pods are read as metadata only.
     let pods = gw
         .api
