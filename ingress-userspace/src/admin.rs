@@ -85,6 +85,8 @@ pub struct Admin {
     pub quit: Arc<Notify>,
     /// One line about the kernel path, for `/server_info`.
     pub kernel: String,
+    /// The Kubernetes source's watches, for `/server_info`.
+    pub config_source: Option<Arc<crate::source::kubernetes::SourceStatus>>,
     /// Reads the kernel section of `/config_dump` (when the kernel path is on).
     pub kernel_dump: Option<KernelDump>,
 }
@@ -284,6 +286,13 @@ impl Admin {
             "uptime_all_epochs": uptime,
             "command_line_options": { "args": self.command_line },
             "kernel": self.kernel,
+            "config_source": match &self.config_source {
+                Some(status) => serde_json::json!({
+                    "kind": "kubernetes",
+                    "watches": status.watches(),
+                }),
+                None => serde_json::json!({"kind": "directory"}),
+            },
         })
     }
 }
@@ -542,7 +551,7 @@ mod tests {
     fn admin() -> Arc<Admin> {
         let metrics = Arc::new(Metrics::new(
             SourceIdentity::from_gateway(&GatewayIdentity::default()),
-            None,
+            Vec::new(),
         ));
         let ctx = Arc::new(Context::new(
             Arc::new(snapshot()),
@@ -565,6 +574,7 @@ mod tests {
             }]),
             quit: Arc::new(Notify::new()),
             kernel: "off".into(),
+            config_source: None,
             kernel_dump: None,
         })
     }

@@ -37,7 +37,7 @@ use crate::pipeline::{self, Options};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{self, ConnInfo, Context, ListenerStats};
 use crate::snapshot::{GatewayIdentity, Snapshot};
-use crate::source::kubernetes::{KubeOptions, KubeSource};
+use crate::source::kubernetes::{KubeOptions, KubeSource, SourceStatus};
 use crate::stats::{Metrics, SourceIdentity};
 
 /// `--kernel`.
@@ -121,6 +121,14 @@ impl ConfigSource {
                 }
             }
         })
+    }
+
+    /// The Kubernetes watches' state (none for a directory).
+    fn status(&self) -> Option<Arc<SourceStatus>> {
+        match self {
+            Self::Directory { .. } => None,
+            Self::Kubernetes { source, .. } => Some(source.status()),
+        }
     }
 
     fn describe(&self) -> String {
@@ -277,13 +285,17 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
     let kernel = Arc::new(Mutex::new(kernel));
     let lb_enabled = lb.is_some();
     let lb = Arc::new(Mutex::new(lb));
-    let collector: Option<Box<dyn Collector>> = Some(Box::new(KernelCollector {
+    let mut hooks: Vec<Box<dyn Collector>> = vec![Box::new(KernelCollector {
         program: kernel.clone(),
         lb: lb.clone(),
-    }));
+    })];
+    let source_status = source.status();
+    if let Some(status) = &source_status {
+        hooks.push(Box::new(SourceCollector(status.clone())));
+    }
     let metrics = Arc::new(Metrics::new(
         SourceIdentity::from_gateway(&options.gateway),
-        collector,
+        hooks,
     ));
     let ctx = Arc::new(Context::new(
         Arc::new(snapshot),
@@ -303,6 +315,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
         listeners: Mutex::new(Vec::new()),
         quit: quit.clone(),
         kernel: kernel_line,
+        config_source: source_status,
         kernel_dump: lb_enabled.then(|| {
             let lb = lb.clone();
             KernelDump(Arc::new(move || {
@@ -637,6 +650,16 @@ fn setup_kernel(options: &RunOptions) -> anyhow::Result<Option<PortCounterProgra
                 Ok(None)
             }
         },
+    }
+}
+
+/// The Kubernetes source's watch state, scraped.
+#[derive(Debug)]
+struct SourceCollector(Arc<SourceStatus>);
+
+impl Collector for SourceCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
     }
 }
 
@@ -1285,7 +1308,7 @@ mod tests {
         let b = backend("b").await;
         let metrics = Arc::new(Metrics::new(
             SourceIdentity::from_gateway(&GatewayIdentity::default()),
-            None,
+            Vec::new(),
         ));
         let ctx = Arc::new(Context::new(
             Arc::new(snapshot(&[a, b])),

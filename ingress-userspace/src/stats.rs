@@ -219,9 +219,9 @@ const GRPC_CODES: [&str; 17] = [
 pub type ScrapeHook = Box<dyn Collector>;
 
 impl Metrics {
-    /// Creates the registry; `kernel` (when given) is scraped on each request
-    /// to `/stats/prometheus`.
-    pub fn new(source: SourceIdentity, kernel: Option<ScrapeHook>) -> Self {
+    /// Creates the registry; `hooks` (the kernel path's counters, the config
+    /// source's state) are scraped on each request to `/stats/prometheus`.
+    pub fn new(source: SourceIdentity, hooks: Vec<ScrapeHook>) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
@@ -295,8 +295,8 @@ impl Metrics {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
         registry.register_collector(Box::new(ProcessCollector));
-        if let Some(kernel) = kernel {
-            registry.register_collector(kernel);
+        for hook in hooks {
+            registry.register_collector(hook);
         }
         Self {
             registry,
@@ -690,7 +690,7 @@ mod tests {
     fn metrics() -> Metrics {
         Metrics::new(
             SourceIdentity::from_gateway(&GatewayIdentity::default()),
-            None,
+            Vec::new(),
         )
     }
 
@@ -798,7 +798,7 @@ mod tests {
         };
         let m = Metrics::new(
             SourceIdentity::from_gateway(&GatewayIdentity::default()),
-            Some(Box::new(FixedKernel(stats))),
+            vec![Box::new(FixedKernel(stats))],
         );
         let text = m.prometheus_text().unwrap();
         for line in [

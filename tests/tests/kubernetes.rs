@@ -101,7 +101,9 @@ fn readiness_waits_for_the_initial_lists_then_routes_follow_the_api() {
     // Dropped watch streams resume (from their resourceVersion) and a change
     // made meanwhile arrives.
     gw.api.drop_watches();
-    gw.api.apply(vs("after-drop", "after-drop.lab.example.com")).unwrap();
+    gw.api
+        .apply(vs("after-drop", "after-drop.lab.example.com"))
+        .unwrap();
     gw.wait_until("change after dropped watches", CHANGE_TIMEOUT, || {
         gw.request(8080, "after-drop.lab.example.com").0 == 200
     })
@@ -212,6 +214,31 @@ fn relists_after_410_and_keeps_serving_through_an_api_outage() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(reloads(), reloads_before, "a resync recompiled");
+
+    // What the watches went through, in the metrics and /server_info.
+    let admin = |path: &str| {
+        gw.topo
+            .http_get(Ns::Node, ingressd_tests::ADMIN_ADDR, path)
+            .unwrap()
+            .body
+    };
+    let metrics = admin("/stats/prometheus");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert!(value("ingressd_kubernetes_lists_total{watch=\"virtualservices\"}") >= 3.0);
+    assert!(value("ingressd_kubernetes_watch_errors_total{watch=\"virtualservices\"}") >= 1.0);
+    assert_eq!(value("ingressd_kubernetes_synced{watch=\"gateways\"}"), 1.0);
+    assert!(value("ingressd_kubernetes_objects{watch=\"virtualservices\"}") >= 3.0);
+    let info: serde_json::Value = serde_json::from_str(&admin("/server_info")).unwrap();
+    let watches = &info["config_source"]["watches"];
+    assert_eq!(info["config_source"]["kind"], "kubernetes", "{info}");
+    assert_eq!(watches["endpointslices"]["synced"], true, "{info}");
+    assert!(watches["virtualservices"]["failing"].is_null(), "{info}");
 }
 
 #[test]

@@ -162,11 +162,115 @@ fn lock(cache: &SharedCache) -> std::sync::MutexGuard<'_, Cache> {
 struct Watch {
     cache: SharedCache,
     task: JoinHandle<()>,
+    label: String,
+    status: Arc<SourceStatus>,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.task.abort();
+        self.status.remove(&self.label);
+    }
+}
+
+/// What each watch is doing, for `/server_info` and `/stats/prometheus`.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    watches: Mutex<BTreeMap<String, WatchStatus>>,
+}
+
+/// One watch's state.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WatchStatus {
+    /// Objects in its cache.
+    pub objects: usize,
+    /// Its first list has completed.
+    pub synced: bool,
+    /// Lists completed (the first, then one per 410 / restart).
+    pub lists: u64,
+    /// Errors seen (each retried with backoff).
+    pub errors: u64,
+    /// The last error, while the watch has not recovered from it.
+    pub failing: Option<String>,
+}
+
+impl SourceStatus {
+    fn update(&self, label: &str, f: impl FnOnce(&mut WatchStatus)) {
+        let mut watches = self
+            .watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(watches.entry(label.to_owned()).or_default());
+    }
+
+    fn remove(&self, label: &str) {
+        self.watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(label);
+    }
+
+    /// Every watch's state, by watch (`gateways`, `secrets (metadata.name=x)`).
+    pub fn watches(&self) -> BTreeMap<String, WatchStatus> {
+        self.watches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A metric of [`SourceStatus`]: name, help, value of one watch.
+type Series<T> = (&'static str, &'static str, fn(&WatchStatus) -> T);
+
+impl prometheus_client::collector::Collector for SourceStatus {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let watches = self.watches();
+        let gauges: [Series<i64>; 2] = [
+            (
+                "ingressd_kubernetes_objects",
+                "Objects in the cache of each Kubernetes watch",
+                |w| i64::try_from(w.objects).unwrap_or(i64::MAX),
+            ),
+            (
+                "ingressd_kubernetes_synced",
+                "1 once the watch's first list has completed",
+                |w| i64::from(w.synced),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (watch, status) in &watches {
+                ConstGauge::new(value(status))
+                    .encode(family.encode_family(&[("watch", watch.as_str())])?)?;
+            }
+        }
+        let counters: [Series<u64>; 2] = [
+            (
+                "ingressd_kubernetes_lists",
+                "Lists completed by each Kubernetes watch (a 410 Gone or a restart lists again)",
+                |w| w.lists,
+            ),
+            (
+                "ingressd_kubernetes_watch_errors",
+                "Errors of each Kubernetes watch (retried with backoff)",
+                |w| w.errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (watch, status) in &watches {
+                ConstCounter::new(value(status))
+                    .encode(family.encode_family(&[("watch", watch.as_str())])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -193,6 +297,7 @@ struct Collected {
 /// The source: watches, caches and what was last built from them.
 pub struct KubeSource {
     client: Client,
+    status: Arc<SourceStatus>,
     gateway_namespace: String,
     watches: Arc<Mutex<BTreeMap<Kind, Watch>>>,
     secrets: BTreeMap<String, Watch>,
@@ -240,18 +345,20 @@ impl KubeSource {
             },
         );
         let (changes, _) = watch::channel(0u64);
+        let status = Arc::new(SourceStatus::default());
         let watches = Arc::new(Mutex::new(BTreeMap::new()));
+        let notify = Notify {
+            changes: changes.clone(),
+            status: status.clone(),
+        };
         for kind in Kind::CORE {
-            let watch = spawn_watch(&client, kind, "", None, None, changes.clone());
+            let watch = spawn_watch(&client, kind, "", None, None, notify.clone());
             lock_watches(&watches).insert(kind, watch);
         }
-        let discovery = tokio::spawn(discover_istio(
-            client.clone(),
-            watches.clone(),
-            changes.clone(),
-        ));
+        let discovery = tokio::spawn(discover_istio(client.clone(), watches.clone(), notify));
         Ok(Self {
             client,
+            status,
             gateway_namespace: gateway_namespace.to_owned(),
             watches,
             secrets: BTreeMap::new(),
@@ -263,6 +370,11 @@ impl KubeSource {
             ids: HashMap::new(),
             discovery,
         })
+    }
+
+    /// The watches' state, shared with the admin API and the metrics.
+    pub fn status(&self) -> Arc<SourceStatus> {
+        self.status.clone()
     }
 
     /// A receiver that sees every cache change.
@@ -345,7 +457,10 @@ impl KubeSource {
                     &self.gateway_namespace,
                     Some(format!("metadata.name={name}")),
                     None,
-                    self.changes.clone(),
+                    Notify {
+                        changes: self.changes.clone(),
+                        status: self.status.clone(),
+                    },
                 );
                 self.secrets.insert(name, watch);
             }
@@ -562,7 +677,7 @@ fn truncate(text: &str, max: usize) -> String {
 async fn discover_istio(
     client: Client,
     watches: Arc<Mutex<BTreeMap<Kind, Watch>>>,
-    changes: watch::Sender<u64>,
+    notify: Notify,
 ) {
     let mut delay = Duration::from_millis(500);
     loop {
@@ -574,7 +689,7 @@ async fn discover_istio(
                     let mut watches = lock_watches(&watches);
                     for kind in Kind::ISTIO {
                         let watch =
-                            spawn_watch(&client, kind, "", None, Some(version), changes.clone());
+                            spawn_watch(&client, kind, "", None, Some(version), notify.clone());
                         watches.insert(kind, watch);
                     }
                     return;
@@ -588,15 +703,22 @@ async fn discover_istio(
     }
 }
 
+/// Where a watch reports: cache changes and its state.
+#[derive(Clone)]
+struct Notify {
+    changes: watch::Sender<u64>,
+    status: Arc<SourceStatus>,
+}
+
 /// Starts the watch of one kind (in `namespace`, all when empty) feeding a
-/// new cache; every change bumps `changes`.
+/// new cache; every change bumps `notify.changes`.
 fn spawn_watch(
     client: &Client,
     kind: Kind,
     namespace: &str,
     fields: Option<String>,
     istio_version: Option<&str>,
-    changes: watch::Sender<u64>,
+    notify: Notify,
 ) -> Watch {
     let resource = kind.resource(istio_version.unwrap_or("v1"));
     fn api<K>(client: &Client, namespace: &str, resource: &ApiResource) -> Api<K>
@@ -619,10 +741,13 @@ fn spawn_watch(
         Some(fields) => format!("{} ({fields})", kind.plural()),
         None => kind.plural().to_owned(),
     };
+    notify.status.update(&label, |_| {});
+    let status = notify.status.clone();
     let task = {
         let cache = cache.clone();
         let client = client.clone();
         let namespace = namespace.to_owned();
+        let label = label.clone();
         tokio::spawn(async move {
             // Each pass is one watcher; a pass ends when the API says the
             // resourceVersion it resumes from is gone (see `run_watch`), and
@@ -634,7 +759,7 @@ fn spawn_watch(
                     let api: Api<PartialObjectMeta<DynamicObject>> =
                         api(&client, &namespace, &resource);
                     let stream = watcher::watcher(api, config.clone()).default_backoff();
-                    run_watch(stream, &cache, &changes, &label, |meta| {
+                    run_watch(stream, &cache, &notify, &label, |meta| {
                         serde_json::json!({
                             "apiVersion": "v1",
                             "kind": "Pod",
@@ -645,7 +770,7 @@ fn spawn_watch(
                 } else {
                     let api: Api<DynamicObject> = api(&client, &namespace, &resource);
                     let stream = watcher::watcher(api, config.clone()).default_backoff();
-                    run_watch(stream, &cache, &changes, &label, |object: DynamicObject| {
+                    run_watch(stream, &cache, &notify, &label, |object: DynamicObject| {
                         let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
                         if let Value::Object(fields) = &mut value {
                             fields.insert("apiVersion".into(), Value::String(api_version.clone()));
@@ -660,7 +785,12 @@ fn spawn_watch(
             }
         })
     };
-    Watch { cache, task }
+    Watch {
+        cache,
+        task,
+        label,
+        status,
+    }
 }
 
 /// Applies a watcher's events to `cache` until the API answers the start of
@@ -671,7 +801,7 @@ fn spawn_watch(
 async fn run_watch<K, S>(
     stream: S,
     cache: &SharedCache,
-    changes: &watch::Sender<u64>,
+    notify: &Notify,
     label: &str,
     into_value: impl Fn(K) -> Value,
 ) where
@@ -689,6 +819,10 @@ async fn run_watch<K, S>(
                 return;
             }
             Err(error) => {
+                notify.status.update(label, |s| {
+                    s.errors += 1;
+                    s.failing = Some(error.to_string());
+                });
                 // The backoff paces retries; log the first failure of a run
                 // loudly and the rest quietly.
                 if failing {
@@ -705,6 +839,7 @@ async fn run_watch<K, S>(
         };
         if failing {
             info!(watch = label, "watch recovered");
+            notify.status.update(label, |s| s.failing = None);
             failing = false;
         }
         let changed = {
@@ -724,6 +859,10 @@ async fn run_watch<K, S>(
                     debug!(watch = label, objects = listed.len(), "listed");
                     cache.objects = listed;
                     cache.synced = true;
+                    notify.status.update(label, |s| {
+                        s.synced = true;
+                        s.lists += 1;
+                    });
                     true
                 }
                 Event::Apply(object) => {
@@ -742,7 +881,9 @@ async fn run_watch<K, S>(
             }
         };
         if changed {
-            changes.send_modify(|generation| *generation += 1);
+            let objects = lock(cache).objects.len();
+            notify.status.update(label, |s| s.objects = objects);
+            notify.changes.send_modify(|generation| *generation += 1);
         }
     }
 }
