@@ -37,6 +37,7 @@ use crate::pipeline::{self, Options};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{self, ConnInfo, Context, ListenerStats};
 use crate::snapshot::{GatewayIdentity, Snapshot};
+use crate::source::kubernetes::{KubeOptions, KubeSource};
 use crate::stats::{Metrics, SourceIdentity};
 
 /// `--kernel`.
@@ -50,10 +51,22 @@ pub enum KernelMode {
     Off,
 }
 
+/// Where `ingressd run` reads its config.
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    /// `--config DIR` (watched).
+    Directory(PathBuf),
+    /// `--source kubernetes`.
+    Kubernetes(KubeOptions),
+}
+
 /// Everything `ingressd run` is told on its command line.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub config_dir: PathBuf,
+    pub source: SourceOptions,
+    /// `--host-ip`: this node's address (downward API `status.hostIP`); with
+    /// the Node's addresses it picks the interfaces to attach to.
+    pub host_ip: Option<IpAddr>,
     pub gateway: GatewayIdentity,
     pub admin_addr: SocketAddr,
     pub status_addr: SocketAddr,
@@ -73,20 +86,173 @@ pub struct RunOptions {
     pub command_line: Vec<String>,
 }
 
+/// A running config source.
+enum ConfigSource {
+    Directory {
+        dir: PathBuf,
+        changes: mpsc::Receiver<()>,
+        _watcher: notify::RecommendedWatcher,
+    },
+    Kubernetes {
+        source: Box<KubeSource>,
+        changes: watch::Receiver<u64>,
+    },
+}
+
+impl ConfigSource {
+    async fn start(options: &RunOptions) -> anyhow::Result<Self> {
+        Ok(match &options.source {
+            SourceOptions::Directory(dir) => {
+                // Watch before the first read: an edit in between is not lost.
+                let (tx, changes) = mpsc::channel::<()>(1);
+                let watcher = watch_config(dir, tx)?;
+                Self::Directory {
+                    dir: dir.clone(),
+                    changes,
+                    _watcher: watcher,
+                }
+            }
+            SourceOptions::Kubernetes(kube) => {
+                let source = KubeSource::start(kube, &options.gateway.namespace).await?;
+                let changes = source.subscribe();
+                Self::Kubernetes {
+                    source: Box::new(source),
+                    changes,
+                }
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Directory { dir, .. } => dir.display().to_string(),
+            Self::Kubernetes { .. } => "kubernetes".to_owned(),
+        }
+    }
+
+    /// The first snapshot. A directory with errors stops the daemon (a
+    /// person is starting it and can fix them); the Kubernetes source waits
+    /// for its initial lists, meanwhile `/healthz/ready` says 503.
+    async fn initial(&mut self, options: &Options) -> anyhow::Result<Snapshot> {
+        match self {
+            Self::Directory { dir, .. } => match build(dir, options).await? {
+                Ok(snapshot) => Ok(snapshot),
+                Err(errors) => bail!(
+                    "the config in {} has {errors} error(s); not starting",
+                    dir.display()
+                ),
+            },
+            Self::Kubernetes { source, changes } => {
+                info!("kubernetes source: waiting for the initial lists");
+                source.wait_synced().await;
+                loop {
+                    if let Some(outcome) = source.build(options).await? {
+                        source.report(&outcome);
+                        if let Some(snapshot) = outcome.snapshot {
+                            return Ok(snapshot);
+                        }
+                    }
+                    let _ = changes.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Waits for the next change, letting a burst settle (the directory
+    /// watcher debounces by itself; API events are coalesced here: 100 ms of
+    /// quiet, at most 1 s).
+    async fn changed(&mut self) -> bool {
+        match self {
+            Self::Directory { changes, .. } => changes.recv().await.is_some(),
+            Self::Kubernetes { changes, .. } => {
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while tokio::time::Instant::now() < deadline {
+                    match tokio::time::timeout(Duration::from_millis(100), changes.changed())
+                        .await
+                    {
+                        Ok(Ok(())) => continue,
+                        _ => break,
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// A new snapshot, `Ok(None)` when the source saw nothing new, `Err(n)`
+    /// inside when the config has `n` errors (directory only).
+    async fn rebuild(
+        &mut self,
+        options: &Options,
+    ) -> anyhow::Result<Option<Result<Snapshot, usize>>> {
+        match self {
+            Self::Directory { dir, .. } => build(dir, options).await.map(Some),
+            Self::Kubernetes { source, .. } => {
+                let Some(outcome) = source.build(options).await? else {
+                    return Ok(None);
+                };
+                source.report(&outcome);
+                Ok(outcome.snapshot.map(Ok))
+            }
+        }
+    }
+
+    /// Interfaces holding this node's addresses (the Node object's and
+    /// `--host-ip`), for the kernel path when `--interfaces` is not given.
+    async fn node_interfaces(&self, options: &RunOptions) -> Vec<String> {
+        let mut addresses: Vec<IpAddr> = options.host_ip.into_iter().collect();
+        if let (Self::Kubernetes { source, .. }, SourceOptions::Kubernetes(kube)) =
+            (self, &options.source)
+            && let Some(node) = &kube.node_name
+        {
+            addresses.extend(source.node_addresses(node).await);
+        }
+        let v4: Vec<Ipv4Addr> = addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if v4.is_empty() {
+            return Vec::new();
+        }
+        match kernel_manager::interfaces_with_addresses(&v4) {
+            Ok(names) => {
+                info!(addresses = ?v4, interfaces = ?names, "node interfaces");
+                names
+            }
+            Err(error) => {
+                warn!("listing interfaces: {error}");
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT (or `POST /quitquitquit`) and a
 /// bounded drain.
-pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let pipeline_options = Options {
         gateway: options.gateway.clone(),
     };
-    let snapshot = match build(&options.config_dir, &pipeline_options).await? {
-        Ok(snapshot) => snapshot,
-        Err(errors) => bail!(
-            "the config in {} has {errors} error(s); not starting",
-            options.config_dir.display()
-        ),
-    };
+    // The status port answers (503) while the first config loads: with the
+    // Kubernetes source that is the initial sync, which can take a while.
+    let state = Arc::new(ServerState::default());
+    let status_listener = TcpListener::bind(options.status_addr)
+        .await
+        .with_context(|| format!("binding the status port {}", options.status_addr))?;
+    let status_task = tokio::spawn(admin::serve_status(status_listener, state.clone()));
+
+    let mut source = ConfigSource::start(&options).await?;
+    if options.interfaces.is_empty() && options.kernel != KernelMode::Off {
+        options.interfaces = source.node_interfaces(&options).await;
+    }
+    let snapshot = source.initial(&pipeline_options).await?;
 
     let lb = setup_lb(&options)?;
     let kernel = setup_kernel(&options)?;
@@ -129,7 +295,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // are watched for rotation.
     ctx.tls.apply(&ctx.snapshot.load());
     let _tls_watcher = ctx.tls.spawn_watcher();
-    let state = Arc::new(ServerState::default());
     let quit = Arc::new(Notify::new());
     let admin = Arc::new(Admin {
         ctx: ctx.clone(),
@@ -149,14 +314,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         }),
     });
 
-    let status_listener = TcpListener::bind(options.status_addr)
-        .await
-        .with_context(|| format!("binding the status port {}", options.status_addr))?;
     let admin_listener = TcpListener::bind(options.admin_addr)
         .await
         .with_context(|| format!("binding the admin port {}", options.admin_addr))?;
     info!(status = %options.status_addr, admin = %options.admin_addr, "admin and status servers listening");
-    let status_task = tokio::spawn(admin::serve_status(status_listener, state.clone()));
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, admin.clone()));
 
     let mut listeners = Listeners::new(ctx.clone(), options.drain_timeout);
@@ -166,19 +327,16 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     state.set(State::Live);
     info!(
         listeners = listeners.tasks.len(),
-        config = %options.config_dir.display(),
+        config = %source.describe(),
         "ready"
     );
-
-    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch_config(&options.config_dir, reload_tx)?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
-            Some(()) = reload_rx.recv() => {
-                reload(&ctx, &options, &pipeline_options, &mut listeners, &lb).await;
+            true = source.changed() => {
+                reload(&ctx, &mut source, &pipeline_options, &mut listeners, &lb).await;
                 admin.listeners_update(listeners.info());
             }
             _ = sigterm.recv() => { info!("SIGTERM: draining"); break; }
@@ -234,7 +392,7 @@ async fn build(dir: &Path, options: &Options) -> anyhow::Result<Result<Snapshot,
     let options = options.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let outcome = pipeline::build_from_dir(&dir, &options);
-        release_freed_memory();
+        crate::release_freed_memory();
         outcome
     })
     .await
@@ -252,25 +410,16 @@ async fn build(dir: &Path, options: &Options) -> anyhow::Result<Result<Snapshot,
     })
 }
 
-/// Parsing a large config peaks far above what the snapshot keeps (10,000
-/// VirtualServices: ~230 MB while parsing, ~60 MB after); mimalloc returns
-/// freed pages to the OS only when the thread allocates again, and the
-/// pipeline's thread goes idle, so collect now.
-fn release_freed_memory() {
-    // SAFETY: mi_collect has no preconditions; it only frees memory this
-    // thread's heap no longer uses (and is a no-op without mimalloc in use).
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 async fn reload(
     ctx: &Arc<Context>,
-    options: &RunOptions,
+    source: &mut ConfigSource,
     pipeline_options: &Options,
     listeners: &mut Listeners,
     lb: &SharedManager,
 ) {
-    match build(&options.config_dir, pipeline_options).await {
-        Ok(Ok(snapshot)) => {
+    match source.rebuild(pipeline_options).await {
+        Ok(None) => {}
+        Ok(Some(Ok(snapshot))) => {
             let snapshot = Arc::new(snapshot);
             // New TLS configs are ready before the snapshot naming them is.
             ctx.tls.apply(&snapshot);
@@ -287,7 +436,7 @@ async fn reload(
                 "config reloaded"
             );
         }
-        Ok(Err(errors)) => {
+        Ok(Some(Err(errors))) => {
             ctx.metrics.config_reload(false);
             error!(
                 errors,

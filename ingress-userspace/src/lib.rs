@@ -28,6 +28,17 @@ pub mod model;
 pub mod pipeline;
 pub mod proxy;
 pub mod snapshot;
+pub mod source;
 pub mod stats;
 pub mod tls;
 pub mod wire;
+
+/// Parsing a large config peaks far above what the snapshot keeps (10,000
+/// VirtualServices: ~230 MB while parsing, ~60 MB after); mimalloc returns
+/// freed pages to the OS only when the thread allocates again, and the
+/// pipeline's thread goes idle, so collect now.
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only frees memory this
+    // thread's heap no longer uses (and is a no-op without mimalloc in use).
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ingress_userspace::daemon::{self, KernelMode, RunOptions};
+use ingress_userspace::daemon::{self, KernelMode, RunOptions, SourceOptions};
+use ingress_userspace::source::kubernetes::KubeOptions;
 use ingress_userspace::kernel::AttachMode;
 use ingress_userspace::kernel::manager::{self as kernel_manager, DEFAULT_PIN_ROOT, XdpMode};
 use ingress_userspace::pipeline::{self, Options, Outcome};
@@ -60,6 +61,19 @@ struct ConfigArgs {
     /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively).
     #[arg(long, value_name = "DIR")]
     config: PathBuf,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+impl ConfigArgs {
+    fn options(&self) -> Options {
+        self.gateway.options()
+    }
+}
+
+/// The gateway workload this daemon is.
+#[derive(Debug, Args)]
+struct GatewayArgs {
     /// Namespace of the gateway workload.
     #[arg(long, default_value = "istio-system", value_name = "NS")]
     gateway_namespace: String,
@@ -68,7 +82,7 @@ struct ConfigArgs {
     gateway_labels: Labels,
 }
 
-impl ConfigArgs {
+impl GatewayArgs {
     fn options(&self) -> Options {
         Options {
             gateway: GatewayIdentity {
@@ -137,10 +151,36 @@ enum AccessLogArg {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SourceArg {
+    /// `--config DIR`, watched.
+    Directory,
+    /// The Kubernetes API (in-cluster config, or `--kubeconfig`).
+    Kubernetes,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Where the Istio and Kubernetes objects come from.
+    #[arg(long, value_enum, default_value = "directory")]
+    source: SourceArg,
+    /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively);
+    /// required with `--source directory`.
+    #[arg(long, value_name = "DIR", required_if_eq("source", "directory"))]
+    config: Option<PathBuf>,
+    /// Kubeconfig file for `--source kubernetes` (default: in-cluster
+    /// config, else `$KUBECONFIG` / `~/.kube/config`).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (downward API `spec.nodeName`): the Node whose
+    /// addresses pick the interfaces, and the Events' reporting instance.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// This node's address (downward API `status.hostIP`).
+    #[arg(long, env = "HOST_IP", value_name = "IP")]
+    host_ip: Option<IpAddr>,
     #[command(flatten)]
-    config: ConfigArgs,
+    gateway: GatewayArgs,
     /// Use the eBPF kernel path: `auto` falls back to userspace when it cannot load.
     #[arg(long, value_enum, default_value = "auto")]
     kernel: KernelArg,
@@ -375,8 +415,19 @@ fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
     let concurrency = args.concurrency.map(usize::from);
     let options = RunOptions {
-        config_dir: args.config.config.clone(),
-        gateway: args.config.options().gateway,
+        source: match (args.source, args.config) {
+            (SourceArg::Kubernetes, _) => SourceOptions::Kubernetes(KubeOptions {
+                kubeconfig: args.kubeconfig,
+                node_name: args.node_name,
+            }),
+            (SourceArg::Directory, Some(dir)) => SourceOptions::Directory(dir),
+            (SourceArg::Directory, None) => {
+                eprintln!("error: --config DIR is required with --source directory");
+                return ExitCode::from(2);
+            }
+        },
+        host_ip: args.host_ip,
+        gateway: args.gateway.options().gateway,
         admin_addr: args.admin_addr,
         status_addr: args.status_addr,
         drain_timeout: args.drain_timeout,

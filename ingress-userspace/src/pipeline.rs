@@ -35,8 +35,29 @@ pub fn build_from_dir(dir: &Path, options: &Options) -> Outcome {
 /// Compiles objects already loaded (by the directory or another source).
 ///
 /// Any error rejects the whole configuration: a daemon keeps serving its
-/// last good snapshot rather than a partial one.
+/// last good snapshot rather than a partial one. This is the directory
+/// source's rule, where one edit is one change a person makes and can fix.
 pub fn build_from_wire(
+    wire: &wire::WireConfig,
+    options: &Options,
+    diagnostics: Diagnostics,
+) -> Outcome {
+    let outcome = build_per_object(wire, options, diagnostics);
+    if outcome.diagnostics.has_errors() {
+        return Outcome {
+            snapshot: None,
+            diagnostics: outcome.diagnostics,
+        };
+    }
+    outcome
+}
+
+/// Compiles objects already loaded, leaving out each object that has an
+/// error (the loader and the model drop them; binding and compiling only
+/// ever warn) and applying the rest: the Kubernetes source's rule, where
+/// objects come from many owners and one invalid object must not stop the
+/// others. The snapshot is always `Some`; its diagnostics hold the errors.
+pub fn build_per_object(
     wire: &wire::WireConfig,
     options: &Options,
     mut diagnostics: Diagnostics,
@@ -44,12 +65,6 @@ pub fn build_from_wire(
     let model = model::build(wire, &mut diagnostics);
     analyze::analyze(&model, &options.gateway, &mut diagnostics);
     let mut snapshot = compile::compile(&model, &options.gateway, &mut diagnostics);
-    if diagnostics.has_errors() {
-        return Outcome {
-            snapshot: None,
-            diagnostics,
-        };
-    }
     snapshot.diagnostics = diagnostics.clone();
     Outcome {
         snapshot: Some(snapshot),

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod bins;
 pub mod config;
 pub mod daemon;
+pub mod fake_apiserver;
 pub mod features;
 pub mod fixture;
 pub mod http;

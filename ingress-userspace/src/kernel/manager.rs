@@ -878,7 +878,25 @@ fn ifindex(name: &str) -> Result<u32, KernelError> {
     Ok(index)
 }
 
-/// (name, first IPv4 address, up, loopback) of every interface with IPv4.
+/// The UP interfaces holding one of `addresses` (a node's InternalIP /
+/// ExternalIP), in address order, each once.
+pub fn interfaces_with_addresses(addresses: &[Ipv4Addr]) -> std::io::Result<Vec<String>> {
+    let all = ipv4_interfaces()?;
+    let mut out: Vec<String> = Vec::new();
+    for address in addresses {
+        for (name, _, _, _) in all
+            .iter()
+            .filter(|(_, a, up, loopback)| a == address && *up && !*loopback)
+        {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (name, IPv4 address, up, loopback) of every IPv4 address of every interface.
 fn ipv4_interfaces() -> std::io::Result<Vec<(String, Ipv4Addr, bool, bool)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.

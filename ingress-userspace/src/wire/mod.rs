@@ -148,6 +148,20 @@ pub fn load_str(text: &str, file: &Path, config: &mut WireConfig, diagnostics: &
     }
 }
 
+/// The warning for a field the gateway does not know.
+pub const UNKNOWN_FIELD: &str = "unknown field ignored";
+
+/// Loads one object (already parsed, e.g. from the Kubernetes API) into
+/// `config`, with the same checks as a document of a file.
+pub fn load_object(
+    object: Value,
+    source: &Source,
+    config: &mut WireConfig,
+    diagnostics: &mut Diagnostics,
+) {
+    load_document(object, source, "", config, diagnostics);
+}
+
 fn load_document(
     document: Value,
     source: &Source,
@@ -315,7 +329,7 @@ fn load_document(
     }
     for field in unknown {
         diagnostics.push(
-            Diagnostic::warning(source, "unknown field ignored")
+            Diagnostic::warning(source, UNKNOWN_FIELD)
                 .resource(resource.clone())
                 .field(field),
         );
