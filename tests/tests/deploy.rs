@@ -507,6 +507,64 @@ fn command_line_and_downward_api() {
     }
 }
 
+/// The DaemonSet's arguments with the downward-API variables filled in, and the parts
+/// that would touch this machine (the kernel path, the node's ports, bpffs) made harmless.
+fn runnable_args(ds: &DaemonSet, scratch: &Path) -> Vec<String> {
+    let fill = [
+        ("$(POD_NAMESPACE)", NAMESPACE),
+        ("$(NODE_NAME)", "node-1"),
+        ("$(HOST_IP)", "198.18.0.1"),
+        ("$(POD_NAME)", "ingressd-x1y2z"),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for arg in args(ds) {
+        let previous = out.last().map(String::as_str);
+        let value = match previous {
+            Some("--kernel") => "off".to_owned(),
+            Some("--status-addr" | "--admin-addr") => "127.0.0.1:0".to_owned(),
+            Some("--bpffs-root") => scratch.join("bpf").to_string_lossy().into_owned(),
+            _ => fill
+                .iter()
+                .fold(arg.clone(), |a, (var, value)| a.replace(var, value)),
+        };
+        out.push(value);
+    }
+    out
+}
+
+#[test]
+fn daemon_accepts_the_chart_command_line() {
+    // The chart's arguments must parse: a flag the daemon does not know would crash-loop
+    // every gateway. Without a cluster the daemon stops at finding one (exit 1, after
+    // parsing), before the kernel path or any listener other than the status port.
+    let ds = committed().daemon_set;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let args = runnable_args(&ds, scratch.path());
+    let bin = ingressd_tests::ingressd_bin().expect("the ingressd binary");
+    let mut cmd = Command::new(&bin);
+    cmd.args(&args)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", scratch.path())
+        .env("KUBECONFIG", scratch.path().join("no-kubeconfig"));
+    let out = ingressd_tests::run_bounded(&mut cmd, std::time::Duration::from_secs(30))
+        .expect("ingressd exits without a cluster");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "ingressd rejects the chart's command line {args:?}: {stderr}"
+    );
+    assert!(
+        !out.status.success(),
+        "no cluster, yet ingressd succeeded: {stderr}"
+    );
+    assert!(
+        stderr.contains("kubeconfig"),
+        "ingressd stopped elsewhere than at finding the cluster: {stderr}"
+    );
+}
+
 #[test]
 fn admin_api_stays_on_loopback_and_scrape_annotations_follow_it() {
     let ds = committed().daemon_set;
@@ -580,7 +638,8 @@ fn cluster_role_reads_exactly_the_watched_kinds_and_writes_only_events() {
         ],
         READ,
     )
-    .chain(triples("", &["services", "pods", "nodes"], READ))
+    .chain(triples("", &["services", "pods"], READ))
+    .chain(triples("", &["nodes"], &["get"]))
     .chain(triples("discovery.k8s.io", &["endpointslices"], READ))
     .chain(triples("events.k8s.io", &["events"], &["create", "patch"]))
     .collect();
