@@ -170,8 +170,7 @@ impl ConfigSource {
                 }
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
                 while tokio::time::Instant::now() < deadline {
-                    match tokio::time::timeout(Duration::from_millis(100), changes.changed())
-                        .await
+                    match tokio::time::timeout(Duration::from_millis(100), changes.changed()).await
                     {
                         Ok(Ok(())) => continue,
                         _ => break,

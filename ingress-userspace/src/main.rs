@@ -18,12 +18,12 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ingress_userspace::daemon::{self, KernelMode, RunOptions, SourceOptions};
-use ingress_userspace::source::kubernetes::KubeOptions;
 use ingress_userspace::kernel::AttachMode;
 use ingress_userspace::kernel::manager::{self as kernel_manager, DEFAULT_PIN_ROOT, XdpMode};
 use ingress_userspace::pipeline::{self, Options, Outcome};
 use ingress_userspace::proxy::access_log::{AccessLog, AccessLogFormat};
 use ingress_userspace::snapshot::GatewayIdentity;
+use ingress_userspace::source::kubernetes::{KubeOptions, KubeSource};
 use ingress_userspace::{dump, explain};
 
 /// An Envoy-free, eBPF-accelerated Istio ingress gateway.
@@ -58,9 +58,18 @@ struct CleanupArgs {
 /// The config and the gateway workload it is compiled for.
 #[derive(Debug, Args)]
 struct ConfigArgs {
-    /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively).
-    #[arg(long, value_name = "DIR")]
-    config: PathBuf,
+    /// Where the objects come from: a directory, or the cluster itself
+    /// (what the daemons there would compile, right now).
+    #[arg(long, value_enum, default_value = "directory")]
+    source: SourceArg,
+    /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively);
+    /// required with `--source directory`.
+    #[arg(long, value_name = "DIR", required_if_eq("source", "directory"))]
+    config: Option<PathBuf>,
+    /// Kubeconfig file for `--source kubernetes` (default: in-cluster
+    /// config, else `$KUBECONFIG` / `~/.kube/config`).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -68,6 +77,56 @@ struct ConfigArgs {
 impl ConfigArgs {
     fn options(&self) -> Options {
         self.gateway.options()
+    }
+
+    /// Loads and compiles the config from its source. From the API, an
+    /// invalid object is left out (as the daemon does) and reported.
+    fn load(&self) -> Outcome {
+        match (&self.source, &self.config) {
+            (SourceArg::Directory, Some(dir)) => pipeline::build_from_dir(dir, &self.options()),
+            (SourceArg::Directory, None) => failed("--config DIR is required".to_owned()),
+            (SourceArg::Kubernetes, _) => match self.load_kubernetes() {
+                Ok(outcome) => outcome,
+                Err(error) => failed(format!("{error:#}")),
+            },
+        }
+    }
+
+    fn load_kubernetes(&self) -> anyhow::Result<Outcome> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        runtime.block_on(async {
+            let options = KubeOptions {
+                kubeconfig: self.kubeconfig.clone(),
+                node_name: None,
+            };
+            let mut source = KubeSource::start(&options, &self.gateway.gateway_namespace).await?;
+            tokio::time::timeout(Duration::from_secs(60), source.wait_synced())
+                .await
+                .context("the API server did not list every kind within 60 s")?;
+            loop {
+                if let Some(outcome) = source.build(&self.options()).await? {
+                    return Ok(outcome);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+}
+
+/// An outcome with one error and no snapshot.
+fn failed(message: String) -> Outcome {
+    let mut diagnostics = ingress_userspace::diag::Diagnostics::default();
+    diagnostics.push(ingress_userspace::diag::Diagnostic::error(
+        &Default::default(),
+        message,
+    ));
+    Outcome {
+        snapshot: None,
+        diagnostics,
     }
 }
 
@@ -293,8 +352,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Check(args) => check(&args),
         Command::Explain(args) => {
-            let outcome = pipeline::build_from_dir(&args.config.config, &args.config.options());
-            let Some(snapshot) = usable(outcome) else {
+            let Some(snapshot) = usable(args.config.load()) else {
                 return ExitCode::FAILURE;
             };
             let query = explain::Query {
@@ -311,8 +369,7 @@ fn main() -> ExitCode {
         }
         Command::Cleanup(args) => cleanup(&args),
         Command::Dump(args) => {
-            let outcome = pipeline::build_from_dir(&args.config, &args.options());
-            let Some(snapshot) = usable(outcome) else {
+            let Some(snapshot) = usable(args.load()) else {
                 return ExitCode::FAILURE;
             };
             print_json(&dump::config_dump(&snapshot))
@@ -322,12 +379,17 @@ fn main() -> ExitCode {
 
 /// The snapshot of an offline run, or the errors on stderr.
 fn usable(outcome: Outcome) -> Option<ingress_userspace::snapshot::Snapshot> {
-    if outcome.snapshot.is_none() || outcome.diagnostics.has_errors() {
+    if outcome.snapshot.is_none() {
         for diagnostic in outcome.diagnostics.errors() {
             eprintln!("{diagnostic}");
         }
         eprintln!("the config has errors; run `ingressd check` for details");
         return None;
+    }
+    // From the API, objects with errors are left out and the rest applies,
+    // as in the daemon: say which.
+    for diagnostic in outcome.diagnostics.errors() {
+        eprintln!("{diagnostic} (object left out)");
     }
     outcome.snapshot
 }
@@ -366,7 +428,7 @@ fn cleanup(args: &CleanupArgs) -> ExitCode {
 }
 
 fn check(args: &ConfigArgs) -> ExitCode {
-    let outcome = pipeline::build_from_dir(&args.config, &args.options());
+    let outcome = args.load();
     for diagnostic in outcome.diagnostics.iter() {
         println!("{diagnostic}");
     }

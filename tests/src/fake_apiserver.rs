@@ -1574,6 +1574,13 @@ impl FakeApiServer {
     /// Starts a server on 127.0.0.1 on an ephemeral port, on its own thread and runtime.
     pub fn start() -> Result<FakeApiServer> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        Self::start_on(listener)
+    }
+
+    /// Serves on a listener bound elsewhere, e.g. on 127.0.0.1 inside a
+    /// test's network namespace (bound from a thread that entered it), so a
+    /// daemon running there reaches it.
+    pub fn start_on(listener: std::net::TcpListener) -> Result<FakeApiServer> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (signals, _) = watch::channel(Signals::default());

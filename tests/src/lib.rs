@@ -12,6 +12,7 @@ pub mod features;
 pub mod fixture;
 pub mod http;
 pub mod kernel;
+pub mod kube;
 pub mod l7;
 pub mod mariadb;
 pub mod proc;

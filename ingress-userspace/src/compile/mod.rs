@@ -53,11 +53,23 @@ pub fn compile(
     gateway: &GatewayIdentity,
     diagnostics: &mut Diagnostics,
 ) -> Snapshot {
+    let mut pods = HashMap::new();
+    let mut pod_ips = HashMap::new();
+    for pod in &model.pods {
+        let namespace = pod.meta.namespace.as_str();
+        pods.entry((namespace, pod.meta.name.as_str()))
+            .or_insert(pod);
+        for ip in &pod.ips {
+            pod_ips.entry((namespace, *ip)).or_insert(pod);
+        }
+    }
     let mut compiler = Compiler {
         model,
         identity: gateway,
         diagnostics,
         demanded: BTreeMap::new(),
+        pods,
+        pod_ips,
     };
     let listeners = compiler.listeners();
     let clusters = compiler.clusters();
@@ -155,6 +167,10 @@ struct Compiler<'a> {
     identity: &'a GatewayIdentity,
     diagnostics: &'a mut Diagnostics,
     demanded: BTreeMap<String, ClusterDemand>,
+    /// Pods by (namespace, name) and by (namespace, IP): a cluster's Pods
+    /// can number in the thousands, looked up once per endpoint.
+    pods: HashMap<(&'a str, &'a str), &'a model::Pod>,
+    pod_ips: HashMap<(&'a str, IpAddr), &'a model::Pod>,
 }
 
 /// Servers grouped on one bind port.
@@ -1142,13 +1158,9 @@ impl<'a> Compiler<'a> {
         name: Option<&str>,
         address: IpAddr,
     ) -> Option<&'a model::Pod> {
-        let model = self.model;
-        let in_ns = model.pods.iter().filter(|p| p.meta.namespace == namespace);
-        match name {
-            Some(name) => in_ns.clone().find(|p| p.meta.name == name),
-            None => None,
-        }
-        .or_else(|| in_ns.clone().find(|p| p.ips.contains(&address)))
+        name.and_then(|name| self.pods.get(&(namespace, name)))
+            .or_else(|| self.pod_ips.get(&(namespace, address)))
+            .copied()
     }
 
     fn service_entry_cluster(

@@ -36,9 +36,9 @@ use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind, PartialObjectMeta};
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt as _;
 use kube::{Client, Config};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -361,7 +361,10 @@ impl KubeSource {
         let cache = lock(&gateways.cache);
         let mut names = BTreeSet::new();
         for entry in cache.objects.values() {
-            let servers = entry.value.pointer("/spec/servers").and_then(Value::as_array);
+            let servers = entry
+                .value
+                .pointer("/spec/servers")
+                .and_then(Value::as_array);
             for server in servers.into_iter().flatten() {
                 let Some(tls) = server.get("tls") else {
                     continue;
@@ -570,7 +573,8 @@ async fn discover_istio(
                     info!(version = %format!("{ISTIO_GROUP}/{version}"), served = ?served, "reading Istio resources");
                     let mut watches = lock_watches(&watches);
                     for kind in Kind::ISTIO {
-                        let watch = spawn_watch(&client, kind, "", None, Some(version), changes.clone());
+                        let watch =
+                            spawn_watch(&client, kind, "", None, Some(version), changes.clone());
                         watches.insert(kind, watch);
                     }
                     return;
@@ -690,7 +694,10 @@ async fn run_watch<K, S>(
                 if failing {
                     debug!(watch = label, "watch error: {error}");
                 } else {
-                    warn!(watch = label, "watch error (retrying with backoff; serving the last good config): {error}");
+                    warn!(
+                        watch = label,
+                        "watch error (retrying with backoff; serving the last good config): {error}"
+                    );
                 }
                 failing = true;
                 continue;
