@@ -11,7 +11,7 @@
 //! - a Gateway server port missing from the gateway Service;
 //! - routes after a catch-all, which can never match.
 
-use crate::compile::{gateway_applies, gateway_service, matching_hosts};
+use crate::compile::{gateway_applies, gateway_services, matching_hosts};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::{Destination, HttpAction, Meta, Model, RouteDestination};
 use crate::snapshot::GatewayIdentity;
@@ -33,7 +33,26 @@ pub fn analyze(model: &Model, identity: &GatewayIdentity, diagnostics: &mut Diag
         .join(",");
 
     // Gateways: selection and the gateway Service's ports.
-    let service = gateway_service(model, identity);
+    let services = gateway_services(model, identity);
+    let service = services.first().copied();
+    if let [used, others @ ..] = services.as_slice()
+        && !others.is_empty()
+    {
+        let others: Vec<&str> = others.iter().map(|s| s.meta.name.as_str()).collect();
+        warn(
+            &used.meta,
+            "service",
+            "spec.selector".into(),
+            format!(
+                "{} Services in {} select the gateway workload ({labels}); this one gives the ports and nodePorts; ignored: {} (label the one to use {}={})",
+                others.len() + 1,
+                identity.namespace,
+                others.join(", "),
+                crate::compile::SERVICE_PROXY_NAME.0,
+                crate::compile::SERVICE_PROXY_NAME.1,
+            ),
+        );
+    }
     for gateway in &model.gateways {
         if !gateway_applies(gateway, identity) {
             warn(

@@ -96,6 +96,21 @@ pub fn gateway_service<'m>(
     model: &'m Model,
     identity: &GatewayIdentity,
 ) -> Option<&'m model::Service> {
+    gateway_services(model, identity).into_iter().next()
+}
+
+/// The label that hands a Service's ports to ingressd (kube-proxy skips
+/// Services that carry it with another proxy's name).
+pub const SERVICE_PROXY_NAME: (&str, &str) =
+    ("service.kubernetes.io/service-proxy-name", "ingressd");
+
+/// Every Service in the gateway namespace whose selector matches the gateway
+/// workload, the one used first: labelled [`SERVICE_PROXY_NAME`], then by
+/// name. More than one is worth a warning (see `analyze`).
+pub fn gateway_services<'m>(
+    model: &'m Model,
+    identity: &GatewayIdentity,
+) -> Vec<&'m model::Service> {
     let mut candidates: Vec<&model::Service> = model
         .services
         .iter()
@@ -107,8 +122,14 @@ pub fn gateway_service<'m>(
                     .all(|(k, v)| identity.labels.get(k) == Some(v))
         })
         .collect();
-    candidates.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
-    candidates.first().copied()
+    let (label, value) = SERVICE_PROXY_NAME;
+    candidates.sort_by_key(|s| {
+        (
+            s.meta.labels.get(label).map(String::as_str) != Some(value),
+            s.meta.name.as_str(),
+        )
+    });
+    candidates
 }
 
 /// Istio's intersection of a server's hosts and a VirtualService's hosts:
