@@ -585,6 +585,8 @@ struct Inner {
     istio_versions: Vec<String>,
     outage: bool,
     outage_mode: OutageMode,
+    /// (resource, query fragment) pairs answered 403 Forbidden, as RBAC would.
+    forbidden: Vec<(String, String)>,
     expired_watch: ExpiredWatch,
     requests: VecDeque<RequestRecord>,
 }
@@ -1023,6 +1025,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
     {
         let mut inner = shared.lock();
+        let forbidden = inner.forbidden.iter().any(|(r, fragment)| {
+            resource.as_deref() == Some(r.as_str()) && raw_query.contains(fragment.as_str())
+        });
         inner.record(RequestRecord {
             method: method.to_string(),
             path: path.clone(),
@@ -1041,6 +1046,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     "the server is currently unable to handle the request",
                 )),
             };
+        }
+        if forbidden {
+            return Ok(failure(
+                403,
+                "Forbidden",
+                &format!("{method} {path} is forbidden"),
+            ));
         }
     }
     let Some(route) = route else {
@@ -1595,6 +1607,7 @@ impl FakeApiServer {
                     .collect(),
                 outage: false,
                 outage_mode: OutageMode::Unavailable,
+                forbidden: Vec::new(),
                 expired_watch: ExpiredWatch::ErrorEvent,
                 requests: VecDeque::new(),
             }),
@@ -1751,6 +1764,15 @@ impl FakeApiServer {
     pub fn bookmark(&self) {
         let _inner = self.shared.lock();
         self.shared.signal(|s| s.bookmarks += 1);
+    }
+
+    /// Answers 403 Forbidden (as RBAC does) to requests for `resource` whose
+    /// query contains `fragment` (e.g. `metadata.name%3Dsecret-x`).
+    pub fn forbid(&self, resource: &str, fragment: &str) {
+        self.shared
+            .lock()
+            .forbidden
+            .push((resource.to_owned(), fragment.to_owned()));
     }
 
     /// Starts or ends an outage (see [`OutageMode`]); starting one also cuts every watch.

@@ -276,6 +276,10 @@ stringData: {password: hunter2}
         .unwrap(),
     );
     let gw = KubeGateway::start(kernel_mode(), &["v1beta1"], &objects, false, &[]).unwrap();
+    // RBAC narrowed to named Secrets: the `-cacert` companion is not among
+    // them. It counts as absent; readiness is not held.
+    gw.api
+        .forbid("secrets", "metadata.name%3Dsecure-cert-cacert");
     gw.wait_until("ready", SYNC_TIMEOUT, || gw.ready_status() == 200)
         .unwrap();
 
@@ -408,6 +412,13 @@ stringData: {password: hunter2}
             "a Secret read without its name: {r:?}"
         );
     }
+    assert!(
+        gw.daemon
+            .stderr()
+            .contains("not allowed to read this Secret"),
+        "{}",
+        gw.daemon.log_tail(30)
+    );
 }
 
 /// Echoes `payload` through `stream`.

@@ -810,6 +810,7 @@ async fn run_watch<K, S>(
 {
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
+    let secret = label.starts_with("secrets");
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(event) => event,
@@ -817,6 +818,28 @@ async fn run_watch<K, S>(
                 if status.code == 410 =>
             {
                 return;
+            }
+            // A Secret this daemon may not read (RBAC narrowed to named
+            // Secrets, and a Gateway names another): counts as absent, so
+            // readiness is not held forever; the Gateway's missing
+            // credential is reported by the model. Retried like any error.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if secret && status.code == 403 && !lock(cache).synced =>
+            {
+                warn!(
+                    watch = label,
+                    "not allowed to read this Secret (RBAC); treating it as absent: {}",
+                    status.message
+                );
+                lock(cache).synced = true;
+                notify.status.update(label, |s| {
+                    s.synced = true;
+                    s.errors += 1;
+                    s.failing = Some(status.message.clone());
+                });
+                notify.changes.send_modify(|generation| *generation += 1);
+                failing = true;
+                continue;
             }
             Err(error) => {
                 notify.status.update(label, |s| {
