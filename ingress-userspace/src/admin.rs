@@ -424,6 +424,27 @@ pub async fn serve_status(listener: TcpListener, state: Arc<ServerState>) {
     .await;
 }
 
+/// Serves `GET /stats/prometheus` alone on `listener` (Istio's 15090), so
+/// Prometheus can scrape from outside the node without reaching the admin
+/// API's `/quitquitquit` or `/config_dump`.
+pub async fn serve_metrics(listener: TcpListener, admin: Arc<Admin>) {
+    serve_simple(listener, move |req: Request<Incoming>| {
+        let admin = admin.clone();
+        async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/stats/prometheus") => {
+                    admin.handle(&Method::GET, "/stats/prometheus").await
+                }
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "only GET /stats/prometheus is served here\n",
+                ),
+            }
+        }
+    })
+    .await;
+}
+
 async fn serve_simple<F, Fut>(listener: TcpListener, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,

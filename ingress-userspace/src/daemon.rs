@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub gateway: GatewayIdentity,
     pub admin_addr: SocketAddr,
     pub status_addr: SocketAddr,
+    /// `--metrics-addr`: `/stats/prometheus` alone (none: off).
+    pub metrics_addr: Option<SocketAddr>,
     pub drain_timeout: Duration,
     pub kernel: KernelMode,
     pub interfaces: Vec<String>,
@@ -331,6 +333,16 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin port {}", options.admin_addr))?;
     info!(status = %options.status_addr, admin = %options.admin_addr, "admin and status servers listening");
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, admin.clone()));
+    let metrics_task = match options.metrics_addr {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics port {addr}"))?;
+            info!(metrics = %addr, "Prometheus metrics listening (GET /stats/prometheus)");
+            Some(tokio::spawn(admin::serve_metrics(listener, admin.clone())))
+        }
+        None => None,
+    };
 
     let mut listeners = Listeners::new(ctx.clone(), options.drain_timeout);
     apply_snapshot(&lb, &mut listeners, &ctx.snapshot.load_full(), true).await?;
@@ -365,6 +377,9 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
         warn!(timeout = ?options.drain_timeout, "drain timeout: closing remaining connections");
     }
     admin_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     status_task.abort();
     if let Some((stop, handle)) = reaper {
         drop(stop);

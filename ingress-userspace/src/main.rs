@@ -261,6 +261,11 @@ struct RunArgs {
     /// Envoy-style admin API.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: SocketAddr,
+    /// Prometheus metrics alone (`GET /stats/prometheus`), safe to expose
+    /// beyond the node, unlike the admin API: Istio's Envoy metrics port.
+    /// `off` to serve none.
+    #[arg(long, default_value = "0.0.0.0:15090", value_parser = parse_optional_addr, value_name = "ADDR|off")]
+    metrics_addr: OptionalAddr,
     /// Istio status port (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     status_addr: SocketAddr,
@@ -320,6 +325,20 @@ fn parse_header(value: &str) -> Result<(String, String), String> {
         return Err(format!("`{value}` has an empty header name"));
     }
     Ok((name.to_ascii_lowercase(), val.trim().to_owned()))
+}
+
+/// An address, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(value: &str) -> Result<OptionalAddr, String> {
+    if value == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    value
+        .parse()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|e| format!("`{value}` is not an address like 0.0.0.0:15090 or `off`: {e}"))
 }
 
 /// `5s`, `250ms`, `1m`, or plain seconds.
@@ -492,6 +511,7 @@ fn run(args: RunArgs) -> ExitCode {
         gateway: args.gateway.options().gateway,
         admin_addr: args.admin_addr,
         status_addr: args.status_addr,
+        metrics_addr: args.metrics_addr.0,
         drain_timeout: args.drain_timeout,
         kernel: match args.kernel {
             KernelArg::Auto => KernelMode::Auto,

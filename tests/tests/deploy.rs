@@ -244,13 +244,24 @@ fn http_probe(probe: Option<&Probe>, which: &str) -> (String, i32) {
     (get.path.clone().unwrap_or_default(), port)
 }
 
-/// Prometheus may scrape only what answers: annotations exactly when the admin API (where
-/// `/stats/prometheus` is) listens beyond loopback, and then on its port.
+/// Prometheus may scrape only what answers: annotations exactly when the metrics port
+/// (`--metrics-addr`, `/stats/prometheus` alone) is on, and then on its port; the admin API
+/// (`/quitquitquit`) stays on loopback either way.
 fn assert_metrics_consistent(ds: &DaemonSet) {
     let admin: SocketAddr = flag(args(ds), "--admin-addr")
         .expect("--admin-addr is given")
         .parse()
         .expect("--admin-addr is an address");
+    assert!(admin.ip().is_loopback(), "admin API on {admin}");
+    let metrics = flag(args(ds), "--metrics-addr").expect("--metrics-addr is given");
+    // Off reads as a loopback address below: no annotations.
+    let admin: SocketAddr = if metrics == "off" {
+        admin
+    } else {
+        metrics
+            .parse()
+            .expect("--metrics-addr is an address or off")
+    };
     let annotations = pod_annotations(ds);
     if admin.ip().is_loopback() {
         let scrape: Vec<&String> = annotations
@@ -259,7 +270,7 @@ fn assert_metrics_consistent(ds: &DaemonSet) {
             .collect();
         assert!(
             scrape.is_empty(),
-            "scrape annotations {scrape:?} point at an admin API bound to {admin}"
+            "scrape annotations {scrape:?} point at no metrics port"
         );
     } else {
         assert_eq!(
@@ -269,7 +280,7 @@ fn assert_metrics_consistent(ds: &DaemonSet) {
         assert_eq!(
             annotations.get("prometheus.io/port"),
             Some(&admin.port().to_string()),
-            "the scrape port is the admin port"
+            "the scrape port is the metrics port"
         );
         assert_eq!(
             annotations.get("prometheus.io/path").map(String::as_str),
@@ -280,7 +291,7 @@ fn assert_metrics_consistent(ds: &DaemonSet) {
             ports
                 .iter()
                 .any(|p| p.container_port == i32::from(admin.port())),
-            "the admin port is declared as a host port: {ports:?}"
+            "the metrics port is declared as a host port: {ports:?}"
         );
     }
 }
@@ -458,6 +469,7 @@ fn command_line_and_downward_api() {
         ("--bpffs-root", "/sys/fs/bpf/ingressd"),
         ("--status-addr", "0.0.0.0:15021"),
         ("--admin-addr", "127.0.0.1:15000"),
+        ("--metrics-addr", "0.0.0.0:15090"),
         ("--drain-timeout", "5s"),
     ] {
         assert_eq!(flag(args, name), Some(value), "{name} in {args:?}");
@@ -521,7 +533,7 @@ fn runnable_args(ds: &DaemonSet, scratch: &Path) -> Vec<String> {
         let previous = out.last().map(String::as_str);
         let value = match previous {
             Some("--kernel") => "off".to_owned(),
-            Some("--status-addr" | "--admin-addr") => "127.0.0.1:0".to_owned(),
+            Some("--status-addr" | "--admin-addr" | "--metrics-addr") => "127.0.0.1:0".to_owned(),
             Some("--bpffs-root") => scratch.join("bpf").to_string_lossy().into_owned(),
             _ => fill
                 .iter()
@@ -768,8 +780,8 @@ fn gateway_service_is_a_node_port_service_kube_proxy_leaves_alone() {
     for (k, v) in &selector {
         assert_eq!(pods.get(k), Some(v), "pod label {k}");
     }
-    // The status port is a declared host port; the listener ports are not, so a port
-    // added to the Service changes no pod (the daemon follows the Service live).
+    // The status and metrics ports are declared host ports; the listener ports are not,
+    // so a port added to the Service changes no pod (the daemon follows the Service live).
     let declared: BTreeSet<i32> = container(&m.daemon_set)
         .ports
         .as_deref()
@@ -777,7 +789,7 @@ fn gateway_service_is_a_node_port_service_kube_proxy_leaves_alone() {
         .iter()
         .map(|p| p.container_port)
         .collect();
-    assert_eq!(declared, BTreeSet::from([STATUS_PORT]));
+    assert_eq!(declared, BTreeSet::from([STATUS_PORT, 15090]));
 }
 
 /// The `kind:`s a chart template file declares (top-level lines only).
@@ -911,7 +923,8 @@ fn chart_templates_and_values_agree_with_the_rendered_manifests() {
         "the Role has no resourceNames"
     );
     assert_eq!(values["extraArgs"], json!([]));
-    assert_eq!(values["metrics"]["enabled"], json!(false));
+    assert_eq!(values["metrics"]["enabled"], json!(true));
+    assert_eq!(values["metrics"]["port"], json!(15090));
 
     // Scheduling.
     let strategy = m
@@ -1051,11 +1064,11 @@ fn helm_renders_the_committed_manifests() {
 
     // Values that change the security-relevant parts.
     let metrics =
-        parse_manifests(&helm_template(&["--set", "metrics.enabled=true"]).expect("helm"))
+        parse_manifests(&helm_template(&["--set", "metrics.enabled=false"]).expect("helm"))
             .expect("metrics rendering");
     assert_eq!(
-        flag(args(&metrics.daemon_set), "--admin-addr"),
-        Some("0.0.0.0:15000")
+        flag(args(&metrics.daemon_set), "--metrics-addr"),
+        Some("off")
     );
     assert_metrics_consistent(&metrics.daemon_set);
 

@@ -234,6 +234,19 @@ fn relists_after_410_and_keeps_serving_through_an_api_outage() {
     assert!(value("ingressd_kubernetes_watch_errors_total{watch=\"virtualservices\"}") >= 1.0);
     assert_eq!(value("ingressd_kubernetes_synced{watch=\"gateways\"}"), 1.0);
     assert!(value("ingressd_kubernetes_objects{watch=\"virtualservices\"}") >= 3.0);
+    // The metrics port serves the same series, and nothing else.
+    let metrics_port: std::net::SocketAddr = "127.0.0.1:15090".parse().unwrap();
+    let scraped = gw
+        .topo
+        .http_get(Ns::Node, metrics_port, "/stats/prometheus")
+        .unwrap();
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.body.contains("ingressd_kubernetes_lists_total"));
+    assert!(scraped.body.contains("istio_requests_total"));
+    for path in ["/config_dump", "/quitquitquit", "/certs"] {
+        let r = gw.topo.http_get(Ns::Node, metrics_port, path).unwrap();
+        assert_eq!(r.status, 404, "{path} on the metrics port");
+    }
     let info: serde_json::Value = serde_json::from_str(&admin("/server_info")).unwrap();
     let watches = &info["config_source"]["watches"];
     assert_eq!(info["config_source"]["kind"], "kubernetes", "{info}");
