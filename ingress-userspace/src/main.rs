@@ -58,8 +58,17 @@ struct CleanupArgs {
 /// The config and the gateway workload it is compiled for.
 #[derive(Debug, Args)]
 struct ConfigArgs {
-    /// Where the objects come from: a directory, or the cluster itself
-    /// (what the daemons there would compile, right now).
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// Where the Istio and Kubernetes objects come from.
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// A directory, or the cluster's API server (for `check`, `explain`
+    /// and `dump`: what the daemons there compile right now).
     #[arg(long, value_enum, default_value = "directory")]
     source: SourceArg,
     /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively);
@@ -70,8 +79,6 @@ struct ConfigArgs {
     /// config, else `$KUBECONFIG` / `~/.kube/config`).
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
-    #[command(flatten)]
-    gateway: GatewayArgs,
 }
 
 impl ConfigArgs {
@@ -82,9 +89,11 @@ impl ConfigArgs {
     /// Loads and compiles the config from its source. From the API, an
     /// invalid object is left out (as the daemon does) and reported.
     fn load(&self) -> Outcome {
-        match (&self.source, &self.config) {
+        match (&self.source.source, &self.source.config) {
             (SourceArg::Directory, Some(dir)) => pipeline::build_from_dir(dir, &self.options()),
-            (SourceArg::Directory, None) => failed("--config DIR is required".to_owned()),
+            (SourceArg::Directory, None) => {
+                failed("--config DIR is required (or --source kubernetes)".to_owned())
+            }
             (SourceArg::Kubernetes, _) => match self.load_kubernetes() {
                 Ok(outcome) => outcome,
                 Err(error) => failed(format!("{error:#}")),
@@ -100,7 +109,7 @@ impl ConfigArgs {
             .context("starting the runtime")?;
         runtime.block_on(async {
             let options = KubeOptions {
-                kubeconfig: self.kubeconfig.clone(),
+                kubeconfig: self.source.kubeconfig.clone(),
                 node_name: None,
             };
             let mut source = KubeSource::start(&options, &self.gateway.gateway_namespace).await?;
@@ -121,7 +130,10 @@ impl ConfigArgs {
 fn failed(message: String) -> Outcome {
     let mut diagnostics = ingress_userspace::diag::Diagnostics::default();
     diagnostics.push(ingress_userspace::diag::Diagnostic::error(
-        &Default::default(),
+        &ingress_userspace::diag::Source {
+            file: Some(PathBuf::from("command line")),
+            document: None,
+        },
         message,
     ));
     Outcome {
@@ -220,17 +232,8 @@ enum SourceArg {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Where the Istio and Kubernetes objects come from.
-    #[arg(long, value_enum, default_value = "directory")]
-    source: SourceArg,
-    /// Directory of Istio/Kubernetes YAML (`*.yaml`, `*.yml`, recursively);
-    /// required with `--source directory`.
-    #[arg(long, value_name = "DIR", required_if_eq("source", "directory"))]
-    config: Option<PathBuf>,
-    /// Kubeconfig file for `--source kubernetes` (default: in-cluster
-    /// config, else `$KUBECONFIG` / `~/.kube/config`).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    source: SourceArgs,
     /// This node's name (downward API `spec.nodeName`): the Node whose
     /// addresses pick the interfaces, and the Events' reporting instance.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -496,9 +499,9 @@ fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
     let concurrency = args.concurrency.map(usize::from);
     let options = RunOptions {
-        source: match (args.source, args.config) {
+        source: match (args.source.source, args.source.config) {
             (SourceArg::Kubernetes, _) => SourceOptions::Kubernetes(KubeOptions {
-                kubeconfig: args.kubeconfig,
+                kubeconfig: args.source.kubeconfig,
                 node_name: args.node_name,
             }),
             (SourceArg::Directory, Some(dir)) => SourceOptions::Directory(dir),
