@@ -186,7 +186,6 @@ pub async fn forward(
     downstream: Downstream<'_>,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let started = Instant::now();
     let choice = choose_weighted(&forward.clusters, random_u64())
         .ok_or_else(|| ProxyError::ClusterNotFound(String::new()))?;
     if ctx.access_log.enabled() {
@@ -297,7 +296,7 @@ pub async fn forward(
         }
     }
 
-    let deadline = forward.timeout.map(|t| started + t);
+    let deadline = forward.timeout.map(|t| finisher.started + t);
     let (hash, set_cookie) = match &cluster.policy.lb {
         LbPolicy::ConsistentHash(key) => hash_key(
             key,

@@ -106,7 +106,8 @@ pub struct ResponseBody {
     sent: u64,
     /// gRPC answers: their messages.
     grpc: Option<MessageCounter>,
-    finisher: Option<Finisher>,
+    /// Boxed: the response moves through hyper by value a few times.
+    finisher: Option<Box<Finisher>>,
 }
 
 impl ResponseBody {
@@ -187,7 +188,8 @@ pub struct Finisher {
     ctx: Arc<Context>,
     listener: Arc<ListenerStats>,
     pub(super) record: AccessRecord,
-    started: Instant,
+    /// When the request arrived (the route timeout counts from here).
+    pub(super) started: Instant,
     received: Arc<AtomicU64>,
     request_protocol: &'static str,
     pub(super) destination: Option<Arc<DestinationLabels>>,
@@ -205,7 +207,7 @@ pub struct Finisher {
 }
 
 impl Finisher {
-    fn finish(mut self, sent: u64) {
+    fn finish(mut self: Box<Self>, sent: u64) {
         let elapsed = self.started.elapsed();
         self.record.duration_ms = elapsed.as_millis() as u64;
         self.record.bytes_sent = sent;
@@ -345,7 +347,7 @@ pub async fn serve(
         },
     );
 
-    let mut finisher = Finisher {
+    let mut finisher = Box::new(Finisher {
         ctx: ctx.clone(),
         listener,
         record,
@@ -360,7 +362,7 @@ pub async fn serve(
         route_policy: None,
         request_messages,
         response_messages: None,
-    };
+    });
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
         Err(error) => {
