@@ -137,7 +137,9 @@ pub async fn send(
     loop {
         let (mut conn, reused) = match endpoint.pool.checkout() {
             Some(conn) => (conn, true),
-            None => (connect(endpoint, address, settings).await?, false),
+            // Boxed: connecting is the rare path; it would make every
+            // exchange's future larger.
+            None => (Box::pin(connect(endpoint, address, settings)).await?, false),
         };
         if reused && conn.sender.ready().await.is_err() {
             // Closed while idle, before anything was sent on it.
