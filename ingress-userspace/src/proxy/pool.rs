@@ -100,6 +100,11 @@ impl EndpointPool {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() >= MAX_IDLE_PER_ENDPOINT {
+            // Connections that closed while idle under the top of the stack
+            // stay until popped; make room by dropping them first.
+            idle.retain(|c| !c.sender.is_closed());
+        }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(conn);
         }
