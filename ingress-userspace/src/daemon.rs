@@ -1106,12 +1106,7 @@ async fn accept_loop(
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo {
-            listener_port,
-            local,
-            remote,
-            tls: None,
-        };
+        let conn = ConnInfo::new(listener_port, local, remote);
         stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
         stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();

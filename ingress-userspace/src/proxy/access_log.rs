@@ -65,7 +65,7 @@ impl AccessLog {
 pub struct AccessRecord {
     pub start: SystemTime,
     /// `None` for TCP connections.
-    pub method: Option<String>,
+    pub method: Option<http::Method>,
     /// The original path (before any rewrite), with query.
     pub path: Option<String>,
     /// `HTTP/1.1`, `HTTP/2`; `None` for TCP.
@@ -74,8 +74,8 @@ pub struct AccessRecord {
     pub status: u16,
     /// `-` when none.
     pub flags: &'static str,
-    pub details: Option<String>,
-    pub termination_details: Option<String>,
+    pub details: Option<&'static str>,
+    pub termination_details: Option<&'static str>,
     pub upstream_failure: Option<String>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -195,7 +195,7 @@ impl AccessRecord {
     pub fn to_json(&self) -> String {
         serde_json::json!({
             "start_time": format_start_time(self.start),
-            "method": self.method,
+            "method": self.method.as_ref().map(http::Method::as_str),
             "path": self.path,
             "protocol": self.protocol,
             "response_code": self.status,
@@ -277,11 +277,11 @@ mod tests {
             "198.18.0.2:8080".parse().unwrap(),
             "198.18.0.1:40000".parse().unwrap(),
         );
-        r.method = Some("GET".into());
+        r.method = Some(http::Method::GET);
         r.path = Some("/api?x=1".into());
         r.protocol = Some("HTTP/1.1");
         r.status = 200;
-        r.details = Some("via_upstream".into());
+        r.details = Some("via_upstream");
         r.bytes_sent = 12;
         r.duration_ms = 5;
         r.upstream_service_time_ms = Some(4);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -30,12 +31,17 @@ use super::http::{
     Finisher, ProxyBody, RequestBody, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_SERVICE_TIME,
     grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
 };
-use super::upstream::{ClusterState, HttpClient, Pick, TryOutcome, choose_weighted, random_u64};
+use super::pool::{self, ConnSettings, DEFAULT_IDLE_TIMEOUT};
+use super::upstream::{
+    ClusterState, EndpointStats, Http2Client, Pick, TryOutcome, choose_weighted, random_u64,
+};
 use super::{Context, ProxyError};
 
 /// Bodies up to this size are kept so that the request can be retried and
 /// mirrored (Envoy buffers up to its connection buffer limit, 1 MiB).
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// Istio turns on `include_request_attempt_count` at gateways.
+const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 /// Envoy's retry back-off: 25 ms base, doubling, full jitter, 250 ms cap.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
@@ -180,10 +186,11 @@ pub async fn forward(
     downstream: Downstream<'_>,
     finisher: &mut Finisher,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let started = Instant::now();
     let choice = choose_weighted(&forward.clusters, random_u64())
         .ok_or_else(|| ProxyError::ClusterNotFound(String::new()))?;
-    finisher.record.upstream_cluster = Some(choice.name.clone());
+    if ctx.access_log.enabled() {
+        finisher.record.upstream_cluster = Some(choice.name.clone());
+    }
     let cluster = snapshot
         .cluster(&choice.name)
         .ok_or_else(|| ProxyError::ClusterNotFound(choice.name.clone()))?;
@@ -211,14 +218,17 @@ pub async fn forward(
     let original = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let upstream_path = upstream_path(&original, route, forward);
-    if upstream_path != original {
-        let value =
-            HeaderValue::from_str(&original).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        headers.insert(X_ENVOY_ORIGINAL_PATH, value);
-    }
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = match upstream_path(original.as_str(), route, forward) {
+        Some(rewritten) if rewritten != original.as_str() => {
+            let value = HeaderValue::from_str(original.as_str())
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            headers.insert(X_ENVOY_ORIGINAL_PATH, value);
+            PathAndQuery::try_from(rewritten).map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
+        _ => original,
+    };
     let destination_headers = choice.headers.as_deref();
     // The route's authority rewrite wins; a destination's `host` set applies
     // only when the route has none (Istio's processDestination).
@@ -259,7 +269,7 @@ pub async fn forward(
     };
     let template = Template {
         method: parts.method,
-        path: upstream_path,
+        path,
         version: if http2 {
             Version::HTTP_2
         } else {
@@ -267,14 +277,16 @@ pub async fn forward(
         },
         headers,
     };
-    let client = ctx.upstreams.for_cluster(cluster);
+    let client = http2.then(|| ctx.upstreams.http2(cluster));
+    let settings = conn_settings(cluster);
     if let Payload::Kept(body) = &payload {
         for mirror in &forward.mirrors {
             if roll_percent() < mirror.percent
                 && let Some(target) = snapshot.cluster(&mirror.cluster)
             {
                 spawn_mirror(
-                    ctx.upstreams.for_cluster(target),
+                    (target.protocol == UpstreamProtocol::Http2)
+                        .then(|| ctx.upstreams.http2(target)),
                     target.clone(),
                     ctx.balancer.state(&target.name),
                     &template,
@@ -284,11 +296,14 @@ pub async fn forward(
         }
     }
 
-    let deadline = forward.timeout.map(|t| started + t);
+    let deadline = forward.timeout.map(|t| finisher.started + t);
     let (hash, set_cookie) = match &cluster.policy.lb {
-        LbPolicy::ConsistentHash(key) => {
-            hash_key(key, &template.headers, &template.path, downstream.remote)
-        }
+        LbPolicy::ConsistentHash(key) => hash_key(
+            key,
+            &template.headers,
+            template.path.as_str(),
+            downstream.remote,
+        ),
         _ => (None, None),
     };
     admit(cluster, &state, deadline, finisher).await?;
@@ -311,7 +326,7 @@ pub async fn forward(
         let endpoint_stats = state.endpoint(address);
         endpoint_stats.rq_total.fetch_add(1, Ordering::Relaxed);
         endpoint_stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        if let Some(previous) = finisher.endpoint.replace(endpoint_stats) {
+        if let Some(previous) = finisher.endpoint.replace(endpoint_stats.clone()) {
             previous.rq_active.fetch_sub(1, Ordering::Relaxed);
             previous.rq_error.fetch_add(1, Ordering::Relaxed);
         }
@@ -322,14 +337,17 @@ pub async fn forward(
             ));
         };
         let mut request = template.build(address, body)?;
-        // Istio turns on include_request_attempt_count at gateways.
         request.headers_mut().insert(
-            HeaderName::from_static("x-envoy-attempt-count"),
-            HeaderValue::from(retries + 1),
+            X_ENVOY_ATTEMPT_COUNT,
+            if retries == 0 {
+                HeaderValue::from_static("1")
+            } else {
+                HeaderValue::from(retries + 1)
+            },
         );
         let per_try = try_budget(retry.per_try_timeout, deadline);
         let sent_at = Instant::now();
-        let pending = client.request(request);
+        let pending = send(client.as_ref(), &endpoint_stats, address, settings, request);
         let outcome = match per_try {
             Some(budget) => match tokio::time::timeout(budget, pending).await {
                 Ok(result) => Ok(result),
@@ -338,7 +356,7 @@ pub async fn forward(
             None => Ok(pending.await),
         };
         let outcome_for_outlier = match &outcome {
-            Ok(Ok(response)) => TryOutcome::Status(response.status().as_u16()),
+            Ok(Ok((response, _))) => TryOutcome::Status(response.status().as_u16()),
             _ => TryOutcome::LocalFailure,
         };
         if let Some(stats) = &finisher.endpoint {
@@ -357,7 +375,7 @@ pub async fn forward(
             can_retry = false;
         }
         let failure = match outcome {
-            Ok(Ok(mut response)) => {
+            Ok(Ok((mut response, local))) => {
                 let status = response.status().as_u16();
                 let grpc = grpc_status(response.headers());
                 let retriable = retry.retries_status(status, grpc);
@@ -380,10 +398,8 @@ pub async fn forward(
                 }
                 let service_time = sent_at.elapsed().as_millis() as u64;
                 finisher.record.upstream_service_time_ms = Some(service_time);
-                finisher.record.details = Some("via_upstream".to_owned());
-                if let Some(info) = response.extensions().get::<HttpInfo>() {
-                    finisher.record.upstream_local = Some(info.local_addr());
-                }
+                finisher.record.details = Some("via_upstream");
+                finisher.record.upstream_local = local;
                 strip_hop_by_hop(response.headers_mut());
                 response.headers_mut().insert(
                     X_ENVOY_UPSTREAM_SERVICE_TIME,
@@ -405,13 +421,12 @@ pub async fn forward(
                     response
                         .headers_mut()
                         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                    finisher.record.details = Some("via_upstream".to_owned());
                     let upstream = hyper::upgrade::on(&mut response);
                     tokio::spawn(tunnel(downstream, upstream));
                 }
-                return Ok(response.map(BodyExt::boxed));
+                return Ok(response);
             }
-            Ok(Err(error)) => classify_client_error(error),
+            Ok(Err(error)) => error,
             Err(()) => ProxyError::Timeout,
         };
         let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
@@ -543,37 +558,90 @@ async fn admit(
 /// What every try sends, but the endpoint and the body.
 struct Template {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     version: Version,
     headers: HeaderMap,
 }
 
 impl Template {
+    /// The request of one try at `address`. HTTP/1.1 goes out in origin
+    /// form (`GET /path`), with a `Host` of the endpoint when the request
+    /// has none; HTTP/2 names the endpoint as the URI's authority.
     fn build(
         &self,
         address: SocketAddr,
         body: UpstreamBody,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(address.to_string())
-            .path_and_query(self.path.as_str())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = uri;
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers.clone();
+        *request.uri_mut() = if self.version == Version::HTTP_2 {
+            Uri::builder()
+                .scheme("http")
+                .authority(address.to_string())
+                .path_and_query(self.path.clone())
+                .build()
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        } else {
+            if !self.headers.contains_key(header::HOST) {
+                let host = HeaderValue::try_from(address.to_string())
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+                request.headers_mut().insert(header::HOST, host);
+            }
+            Uri::from(self.path.clone())
+        };
         Ok(request)
     }
 }
 
-/// The path sent upstream: `rewrite.uri` (prefix replacement) or
-/// `uriRegexRewrite` (every match replaced; the query is kept).
-fn upstream_path(original: &str, route: &Route, forward: &ForwardAction) -> String {
+/// Connect and idle timeouts of `cluster`'s connections.
+fn conn_settings(cluster: &Cluster) -> ConnSettings {
+    ConnSettings {
+        connect_timeout: cluster.connect_timeout,
+        idle_timeout: cluster
+            .policy
+            .limits
+            .idle_timeout
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+    }
+}
+
+/// Sends one try: HTTP/2 through the cluster's multiplexing client,
+/// HTTP/1.1 over the endpoint's connection pool. The response comes with
+/// the local address of its connection.
+async fn send(
+    http2: Option<&Http2Client>,
+    endpoint: &Arc<EndpointStats>,
+    address: SocketAddr,
+    settings: ConnSettings,
+    request: Request<UpstreamBody>,
+) -> Result<(Response<ProxyBody>, Option<SocketAddr>), ProxyError> {
+    match http2 {
+        Some(client) => {
+            let response = client
+                .request(request)
+                .await
+                .map_err(classify_client_error)?;
+            let local = response
+                .extensions()
+                .get::<HttpInfo>()
+                .map(HttpInfo::local_addr);
+            Ok((response.map(BodyExt::boxed), local))
+        }
+        None => {
+            let (response, local) = pool::send(endpoint, address, settings, request).await?;
+            Ok((response.map(BodyExt::boxed), local))
+        }
+    }
+}
+
+/// The path sent upstream when the route rewrites it: `rewrite.uri`
+/// (prefix replacement) or `uriRegexRewrite` (every match replaced; the
+/// query is kept).
+fn upstream_path(original: &str, route: &Route, forward: &ForwardAction) -> Option<String> {
     if let Some(replacement) = &forward.prefix_rewrite {
-        return rewrite_path(original, &route.matcher.path, replacement);
+        return Some(rewrite_path(original, &route.matcher.path, replacement));
     }
     if let Some((pattern, replacement)) = &forward.regex_rewrite {
         let (path, query) = match original.split_once('?') {
@@ -581,12 +649,12 @@ fn upstream_path(original: &str, route: &Route, forward: &ForwardAction) -> Stri
             None => (original, None),
         };
         let rewritten = pattern.regex.replace_all(path, replacement.as_str());
-        return match query {
+        return Some(match query {
             Some(q) => format!("{rewritten}?{q}"),
             None => rewritten.into_owned(),
-        };
+        });
     }
-    original.to_owned()
+    None
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -642,7 +710,7 @@ pub fn roll_percent() -> f64 {
 /// answer is drained and dropped, failures only counted. The host gets
 /// Envoy's `-shadow` suffix.
 fn spawn_mirror(
-    client: HttpClient,
+    client: Option<Http2Client>,
     cluster: Arc<Cluster>,
     state: Arc<ClusterState>,
     template: &Template,
@@ -670,15 +738,18 @@ fn spawn_mirror(
             state.cx_none_healthy.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let Ok(request) = template.build(endpoint.address, UpstreamBody::Full(body)) else {
+        let address = endpoint.address;
+        let Ok(request) = template.build(address, UpstreamBody::Full(body)) else {
             return;
         };
         state.rq_total.fetch_add(1, Ordering::Relaxed);
+        let stats = state.endpoint(address);
+        let settings = conn_settings(&cluster);
         let sent = tokio::time::timeout(cluster.connect_timeout + Duration::from_secs(30), async {
-            let response = client.request(request).await?;
+            let (response, _) = send(client.as_ref(), &stats, address, settings, request).await?;
             let status = response.status().as_u16();
             let _ = response.into_body().collect().await;
-            Ok::<u16, hyper_util::client::legacy::Error>(status)
+            Ok::<u16, ProxyError>(status)
         })
         .await;
         match sent {
@@ -703,7 +774,8 @@ fn shadow_host(host: &str) -> String {
     format!("{name}-shadow{port}")
 }
 
-/// Sorts a client error into connect failure, protocol error or reset.
+/// Sorts an HTTP/2 client error into connect failure, protocol error or
+/// reset.
 pub fn classify_client_error(error: hyper_util::client::legacy::Error) -> ProxyError {
     let innermost = {
         let mut source: &(dyn std::error::Error + 'static) = &error;

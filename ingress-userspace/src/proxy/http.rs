@@ -106,7 +106,8 @@ pub struct ResponseBody {
     sent: u64,
     /// gRPC answers: their messages.
     grpc: Option<MessageCounter>,
-    finisher: Option<Finisher>,
+    /// Boxed: the response moves through hyper by value a few times.
+    finisher: Option<Box<Finisher>>,
 }
 
 impl ResponseBody {
@@ -150,7 +151,7 @@ impl Body for ResponseBody {
                     // Upstream reset after the response started.
                     finisher.record.flags = "UPE";
                     finisher.record.termination_details =
-                        Some("upstream_reset_after_response_started".to_owned());
+                        Some("upstream_reset_after_response_started");
                 }
             }
             Poll::Pending => {}
@@ -173,10 +174,10 @@ impl Drop for ResponseBody {
         if !self.inner.is_end_stream()
             && let Some(finisher) = &mut self.finisher
             && finisher.record.flags == "-"
-            && finisher.record.method.as_deref() != Some("HEAD")
+            && finisher.record.method != Some(Method::HEAD)
         {
             finisher.record.flags = "DC";
-            finisher.record.termination_details = Some("downstream_remote_disconnect".to_owned());
+            finisher.record.termination_details = Some("downstream_remote_disconnect");
         }
         self.finish();
     }
@@ -187,7 +188,8 @@ pub struct Finisher {
     ctx: Arc<Context>,
     listener: Arc<ListenerStats>,
     pub(super) record: AccessRecord,
-    started: Instant,
+    /// When the request arrived (the route timeout counts from here).
+    pub(super) started: Instant,
     received: Arc<AtomicU64>,
     request_protocol: &'static str,
     pub(super) destination: Option<Arc<DestinationLabels>>,
@@ -205,7 +207,7 @@ pub struct Finisher {
 }
 
 impl Finisher {
-    fn finish(mut self, sent: u64) {
+    fn finish(mut self: Box<Self>, sent: u64) {
         let elapsed = self.started.elapsed();
         self.record.duration_ms = elapsed.as_millis() as u64;
         self.record.bytes_sent = sent;
@@ -275,6 +277,7 @@ pub async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = conn.remote;
+    let conn = Arc::new(conn);
     let service =
         service_fn(move |request| serve(ctx.clone(), conn.clone(), stats.clone(), request));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -292,12 +295,18 @@ pub async fn serve_connection<I>(
 /// reply.
 pub async fn serve(
     ctx: Arc<Context>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     listener: Arc<ListenerStats>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
-    let mut record = AccessRecord::new(SystemTime::now(), conn.local, conn.remote);
+    // The wall-clock start is only printed.
+    let start = if ctx.access_log.enabled() {
+        SystemTime::now()
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
+    let mut record = AccessRecord::new(start, conn.local, conn.remote);
     if let Some(tls) = &conn.tls {
         record.set_tls(tls);
     }
@@ -307,7 +316,7 @@ pub async fn serve(
     let received = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = request.into_parts();
     prepare_downstream(&mut parts.headers, &conn);
-    record.method = Some(parts.method.as_str().to_owned());
+    record.method = Some(parts.method.clone());
     record.protocol = Some(protocol_name(parts.version));
     // The rest is only for the access log: no copies when it is off.
     if ctx.access_log.enabled() {
@@ -338,7 +347,7 @@ pub async fn serve(
         },
     );
 
-    let mut finisher = Finisher {
+    let mut finisher = Box::new(Finisher {
         ctx: ctx.clone(),
         listener,
         record,
@@ -353,7 +362,7 @@ pub async fn serve(
         route_policy: None,
         request_messages,
         response_messages: None,
-    };
+    });
     let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
         Err(error) => {
@@ -365,7 +374,7 @@ pub async fn serve(
                 ("URX", "UT") => "UT,URX",
                 (_, flag) => flag,
             };
-            finisher.record.details = Some(error.details().to_owned());
+            finisher.record.details = Some(error.details());
             finisher.record.upstream_failure = error.transport_failure().map(str::to_owned);
             let mut reply = if request_protocol == "grpc" {
                 grpc_local_reply(error.status(), error.body())
@@ -410,23 +419,24 @@ async fn route_request(
         .listener_by_bind_port(conn.listener_port)
         .map_or(conn.listener_port, |l| l.service_port);
     let scheme = conn.scheme();
-    let authority = authority(request.uri(), request.headers())
-        .unwrap_or("")
-        .to_owned();
-    let Some(vhost) = route_config.select_virtual_host(&authority) else {
+    // Shared handles: the request moves on, and these outlive it without a copy.
+    let authority = RequestAuthority::of(request.uri(), request.headers());
+    let authority = authority.as_str();
+    let Some(vhost) = route_config.select_virtual_host(authority) else {
         return Err(ProxyError::NoRoute);
     };
-    let path = path_and_query(request.uri()).to_owned();
+    let path = request.uri().path_and_query().cloned();
+    let path = path.as_ref().map_or("/", |p| p.as_str());
     if vhost.require_tls {
-        finisher.record.details = Some("https_redirect".to_owned());
-        let location = format!("https://{}{}", host_only(&authority), path);
+        finisher.record.details = Some("https_redirect");
+        let location = format!("https://{}{}", host_only(authority), path);
         return Ok(redirect(StatusCode::MOVED_PERMANENTLY, &location));
     }
     let attributes = RequestAttributes {
         method: request.method().as_str(),
         scheme,
-        authority: &authority,
-        path: &path,
+        authority,
+        path,
         headers: request.headers(),
     };
     let Some(route) = vhost.select_route(&attributes) else {
@@ -450,7 +460,7 @@ async fn route_request(
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         if preflight && (allowed || !cors.forward_unmatched_preflights) {
-            finisher.record.details = Some("cors_response".to_owned());
+            finisher.record.details = Some("cors_response");
             let mut response = local_reply(StatusCode::OK, Bytes::new());
             if allowed {
                 response
@@ -467,12 +477,12 @@ async fn route_request(
         Some(response) => response,
         None => {
             let downstream = Downstream {
-                authority: &authority,
+                authority,
                 scheme,
                 remote: conn.remote,
                 server_port,
             };
-            act(ctx, snapshot, route, request, downstream, &path, finisher).await?
+            act(ctx, snapshot, route, request, downstream, path, finisher).await?
         }
     };
     if let Some(h) = &policy.headers {
@@ -494,12 +504,12 @@ async fn act(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     match &route.action {
         RouteAction::DirectResponse { status, body } => {
-            finisher.record.details = Some("direct_response".to_owned());
+            finisher.record.details = Some("direct_response");
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             Ok(local_reply(status, body.clone()))
         }
         RouteAction::Redirect(action) => {
-            finisher.record.details = Some("direct_response".to_owned());
+            finisher.record.details = Some("direct_response");
             let location = redirect_location(
                 action,
                 downstream.scheme,
@@ -546,7 +556,7 @@ async fn fault(
     } else {
         "FI"
     };
-    finisher.record.details = Some("fault_filter_abort".to_owned());
+    finisher.record.details = Some("fault_filter_abort");
     Some(match abort {
         FaultAbort::Http(status) => local_reply(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
@@ -574,17 +584,26 @@ fn route_config_for<'s>(snapshot: &'s Snapshot, conn: &ConnInfo) -> Option<&'s R
 /// Adds what Envoy adds to every downstream request before routing: the
 /// client address to `x-forwarded-for` and an `x-request-id` when absent.
 pub fn prepare_downstream(headers: &mut HeaderMap, conn: &ConnInfo) {
-    append_forwarded_for(headers, conn.remote.ip());
-    if !headers.contains_key(X_REQUEST_ID) {
-        let id = uuid::Uuid::new_v4().to_string();
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            headers.insert(X_REQUEST_ID, value);
-        }
+    append_forwarded_for(headers, &conn.client_ip);
+    if let http::header::Entry::Vacant(entry) = headers.entry(X_REQUEST_ID) {
+        entry.insert(new_request_id());
     }
 }
 
-/// Appends `ip` to `x-forwarded-for`, joining several header lines into one.
-pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+/// A random (v4) UUID, formatted on the stack.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a hyphenated UUID is a valid header value")
+}
+
+/// Appends the client address `ip` to `x-forwarded-for`, joining several
+/// header lines into one.
+pub fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    if !headers.contains_key(X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
     let existing: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -592,11 +611,12 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    let value = if existing.is_empty() {
-        ip.to_string()
-    } else {
-        format!("{}, {ip}", existing.join(", "))
-    };
+    if existing.is_empty() {
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
+    let ip = ip.to_str().unwrap_or_default();
+    let value = format!("{}, {ip}", existing.join(", "));
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -609,32 +629,79 @@ pub fn prepare_upstream(headers: &mut HeaderMap, http2: bool, scheme: &'static s
         && headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
-    if keep_te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
     // Only WebSocket upgrades are relayed (`forward` puts them back); any
     // other (`h2c`, ...) would switch protocols on a connection the proxy
     // does not relay.
-    headers.remove(header::UPGRADE);
+    strip_headers(headers, true);
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    strip_headers(headers, false);
+}
+
+/// Removes the hop-by-hop headers (and `Upgrade` when `upgrade`). One pass
+/// over the names finds those present, so a message without any (the
+/// common case) costs no lookup.
+fn strip_headers(headers: &mut HeaderMap, upgrade: bool) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if upgrade && name == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present == 0 {
+        return;
     }
+    if present & 1 != 0 {
+        // `Connection` (HOP_BY_HOP[0]) may name more; the usual tokens
+        // (`keep-alive`, `close`, `upgrade`) need no lookup of their own.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        if headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| contains_token(v, "upgrade"))
+        {
+            // `Connection: upgrade` names `Upgrade` as hop-by-hop too.
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether the comma-separated `value` lists `token` (case-insensitive).
+fn contains_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// The path after `rewrite.uri`: the matched prefix is replaced; an exact or
@@ -715,6 +782,35 @@ fn host_only(authority: &str) -> &str {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
+    }
+}
+
+/// `:authority` / `Host` of a request, held by a reference-counted handle
+/// rather than copied.
+enum RequestAuthority {
+    Uri(http::uri::Authority),
+    Host(HeaderValue),
+    None,
+}
+
+impl RequestAuthority {
+    fn of(uri: &Uri, headers: &HeaderMap) -> Self {
+        if let Some(authority) = uri.authority() {
+            return RequestAuthority::Uri(authority.clone());
+        }
+        match headers.get(header::HOST) {
+            Some(host) if host.to_str().is_ok() => RequestAuthority::Host(host.clone()),
+            _ => RequestAuthority::None,
+        }
+    }
+
+    /// The authority, `""` when the request has none.
+    fn as_str(&self) -> &str {
+        match self {
+            RequestAuthority::Uri(authority) => authority.as_str(),
+            RequestAuthority::Host(host) => host.to_str().unwrap_or_default(),
+            RequestAuthority::None => "",
+        }
     }
 }
 
@@ -820,14 +916,14 @@ mod tests {
     #[test]
     fn forwarded_for_appends_client_ip() {
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "198.18.0.1".parse().unwrap());
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("198.18.0.1"));
         assert_eq!(headers[&X_FORWARDED_FOR], "198.18.0.1");
-        append_forwarded_for(&mut headers, "198.18.0.2".parse().unwrap());
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("198.18.0.2"));
         assert_eq!(headers[&X_FORWARDED_FOR], "198.18.0.1, 198.18.0.2");
         let mut headers = HeaderMap::new();
         headers.append(X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
         headers.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
-        append_forwarded_for(&mut headers, "198.18.0.1".parse().unwrap());
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("198.18.0.1"));
         assert_eq!(
             headers.get_all(&X_FORWARDED_FOR).iter().count(),
             1,
@@ -838,12 +934,11 @@ mod tests {
 
     #[test]
     fn request_id_is_generated_only_when_absent() {
-        let conn = ConnInfo {
-            listener_port: 8080,
-            local: "198.18.0.2:8080".parse().unwrap(),
-            remote: "198.18.0.1:1234".parse().unwrap(),
-            tls: None,
-        };
+        let conn = ConnInfo::new(
+            8080,
+            "198.18.0.2:8080".parse().unwrap(),
+            "198.18.0.1:1234".parse().unwrap(),
+        );
         let mut headers = HeaderMap::new();
         prepare_downstream(&mut headers, &conn);
         let id = headers[&X_REQUEST_ID].to_str().unwrap().to_owned();
@@ -880,6 +975,16 @@ mod tests {
         let mut h2 = headers;
         prepare_upstream(&mut h2, true, "https");
         assert_eq!(h2["te"], "trailers");
+        // Responses keep `Upgrade` unless `Connection` names it.
+        let mut response = HeaderMap::new();
+        response.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        response.insert(header::SERVER, HeaderValue::from_static("x"));
+        strip_hop_by_hop(&mut response);
+        assert_eq!(response.len(), 2);
+        response.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        strip_hop_by_hop(&mut response);
+        let names: Vec<&str> = response.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod pool;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use ::http::HeaderValue;
 use arc_swap::ArcSwap;
 use hyper::StatusCode;
 
@@ -65,9 +67,25 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The terminated TLS session, when there is one.
     pub tls: Option<Arc<TlsConnInfo>>,
+    /// The client's IP address as a header value, formatted once per
+    /// connection (`x-forwarded-for`).
+    pub client_ip: HeaderValue,
 }
 
 impl ConnInfo {
+    /// A plain connection (the TLS session, if any, is set after the handshake).
+    pub fn new(listener_port: u16, local: SocketAddr, remote: SocketAddr) -> Self {
+        let client_ip = HeaderValue::try_from(remote.ip().to_string())
+            .expect("a formatted IP address is a valid header value");
+        Self {
+            listener_port,
+            local,
+            remote,
+            tls: None,
+            client_ip,
+        }
+    }
+
     /// `https` over a terminated TLS session, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }

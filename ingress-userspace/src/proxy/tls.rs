@@ -86,7 +86,7 @@ pub async fn serve(
         let mut record = AccessRecord::new(SystemTime::now(), conn.local, conn.remote);
         record.server_name = sni;
         record.flags = "NR";
-        record.details = Some("filter_chain_not_found".to_owned());
+        record.details = Some("filter_chain_not_found");
         ctx.access_log.write(&record);
         return;
     };

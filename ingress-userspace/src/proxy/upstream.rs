@@ -1,5 +1,6 @@
 //! Data path, upstream side: choosing a cluster by weight and an endpoint
-//! round-robin, the pooled HTTP clients, and per-endpoint stats.
+//! round-robin, per-endpoint stats and connection pools (`pool.rs`), and the
+//! pooled HTTP/2 clients.
 //!
 //! Balancing state lives here keyed by cluster name rather than in the
 //! snapshot, so a config swap does not reset round-robin positions or stats.
@@ -18,10 +19,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::snapshot::policy::LbPolicy;
-use crate::snapshot::{Cluster, Endpoint, UpstreamProtocol, WeightedCluster};
+use crate::snapshot::{Cluster, Endpoint, WeightedCluster};
 use crate::stats::DestinationLabels;
 
 use super::forward::UpstreamBody;
+use super::pool::{DEFAULT_IDLE_TIMEOUT, EndpointPool};
 
 /// Picks one of `clusters` in proportion to its weight. `roll` is a uniform
 /// random number. A zero total weight picks the first cluster.
@@ -78,6 +80,8 @@ pub struct EndpointStats {
     /// Milliseconds since [`epoch`] until which the endpoint is ejected.
     ejected_until_ms: AtomicU64,
     times_ejected: AtomicU32,
+    /// Idle HTTP/1.1 connections to the endpoint.
+    pub pool: EndpointPool,
 }
 
 impl EndpointStats {
@@ -101,7 +105,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
@@ -123,9 +127,9 @@ pub struct Pick<'a> {
 /// A consistent-hash table and the endpoint addresses it was built for.
 type HashTable = (Vec<SocketAddr>, Arc<Vec<u32>>);
 
-/// What decides which pooled client a cluster uses: connect timeout,
-/// HTTP/2, idle timeout.
-type ClientKey = (Duration, bool, Option<Duration>);
+/// What decides which pooled HTTP/2 client a cluster uses: connect
+/// timeout, idle timeout.
+type ClientKey = (Duration, Option<Duration>);
 
 /// Balancing state and stats of one cluster.
 #[derive(Debug, Default)]
@@ -423,23 +427,22 @@ impl Balancer {
     }
 }
 
-/// The upstream client type: pooled keep-alive connections over TCP.
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
+/// The HTTP/2 upstream client type: one multiplexed connection per endpoint.
+pub type Http2Client = Client<HttpConnector, UpstreamBody>;
 
-/// One pooled client per (connect timeout, protocol, idle timeout): those
-/// are properties of the connector and the pool, so clusters that differ
-/// in them cannot share.
+/// One pooled HTTP/2 client per (connect timeout, idle timeout): those are
+/// properties of the connector and the pool, so clusters that differ in
+/// them cannot share. (HTTP/1.1 goes through the per-endpoint pools.)
 #[derive(Debug, Default)]
 pub struct UpstreamClients {
-    clients: RwLock<HashMap<ClientKey, HttpClient>>,
+    clients: RwLock<HashMap<ClientKey, Http2Client>>,
 }
 
 impl UpstreamClients {
-    /// The client for `cluster`.
-    pub fn for_cluster(&self, cluster: &Cluster) -> HttpClient {
-        let http2 = cluster.protocol == UpstreamProtocol::Http2;
+    /// The HTTP/2 client for `cluster`.
+    pub fn http2(&self, cluster: &Cluster) -> Http2Client {
         let idle = cluster.policy.limits.idle_timeout;
-        let key = (cluster.connect_timeout, http2, idle);
+        let key = (cluster.connect_timeout, idle);
         if let Some(client) = self
             .clients
             .read()
@@ -453,8 +456,8 @@ impl UpstreamClients {
         connector.set_nodelay(true);
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle.unwrap_or(Duration::from_secs(60)))
-            .http2_only(http2)
+            .pool_idle_timeout(idle.unwrap_or(DEFAULT_IDLE_TIMEOUT))
+            .http2_only(true)
             .build(connector);
         self.clients
             .write()
@@ -468,7 +471,7 @@ impl UpstreamClients {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Discovery;
+    use crate::snapshot::{Discovery, UpstreamProtocol};
 
     fn weighted(weights: &[u32]) -> Vec<WeightedCluster> {
         weights
