@@ -579,6 +579,14 @@ fn cluster(c: &Cluster) -> Value {
         "max_requests": limit(limits.max_requests),
         "max_retries": limit(limits.max_retries),
     }]});
+    if let Some(max) = limits.max_requests_per_connection {
+        out["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": { "max_requests_per_connection": max },
+            }
+        });
+    }
     if let Some(o) = &c.policy.outlier {
         out["outlier_detection"] = json!({
             "consecutive_5xx": o.consecutive_5xx,

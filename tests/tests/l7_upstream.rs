@@ -3,7 +3,7 @@
 //! IP and a query parameter, and its stability when an endpoint goes away), outlier
 //! detection (ejection, `/clusters`, `/stats`, return, `maxEjectionPercent`) and
 //! connection pools (`maxConnections` + `http1MaxPendingRequests`, `http2MaxRequests`
-//! on an HTTP/2 upstream, `connectTimeout`).
+//! on an HTTP/2 upstream, `maxRequestsPerConnection`, `connectTimeout`).
 //!
 //! Each test starts one [`FeatureGateway`] (four `counter` backends that report which
 //! instance answered) with Services and DestinationRules of its own over them.
@@ -682,6 +682,8 @@ fn connection_pool_limits_and_connect_timeout() {
   route: [{destination: {host: pool-idle}}]
 - match: [{uri: {prefix: /keep/}}]
   route: [{destination: {host: pool-keep}}]
+- match: [{uri: {prefix: /per-conn/}}]
+  route: [{destination: {host: pool-per-conn}}]
 "#,
     );
     let files = [
@@ -717,6 +719,12 @@ fn connection_pool_limits_and_connect_timeout() {
             "connectionPool: {http: {idleTimeout: 300ms}}",
         ),
         service("pool-keep", "http", &[COUNTER_C], ""),
+        service(
+            "pool-per-conn",
+            "http",
+            &[COUNTER_C],
+            "connectionPool: {http: {maxRequestsPerConnection: 2}}",
+        ),
     ];
     let gw = FeatureGateway::start(&files, &[]).unwrap();
     let node_route = gw.topo.exec(
@@ -850,6 +858,28 @@ fn connection_pool_limits_and_connect_timeout() {
                 "{prefix}: two requests 1 s apart, connection reused: want {reused}, backend saw peers {peers:?}"
             ));
         }
+    }
+
+    // maxRequestsPerConnection 2: six sequential requests arrive over three upstream
+    // connections, two each (the backend reports the proxy's source port).
+    let mut peers: Vec<String> = Vec::new();
+    for i in 0..6 {
+        let r = gw
+            .request(POOL_HOST, &format!("/per-conn/{i}"), &[])
+            .unwrap();
+        peers.push(
+            r.json()
+                .ok()
+                .and_then(|j| j["peer"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        );
+    }
+    let pairs: Vec<bool> = peers.chunks(2).map(|p| p[0] == p[1]).collect();
+    let distinct: std::collections::BTreeSet<&String> = peers.iter().collect();
+    if pairs != [true, true, true] || distinct.len() != 3 {
+        failures.push(format!(
+            "maxRequestsPerConnection 2: want six requests over three connections, two each; backend saw peers {peers:?}"
+        ));
     }
 
     // connectTimeout 500ms to an address nothing answers: 503 UF within about a second.

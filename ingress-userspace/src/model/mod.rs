@@ -2204,16 +2204,17 @@ fn convert_pool(
         );
         limits.max_requests = count(ctx, http.http2_max_requests, "http.http2MaxRequests");
         limits.max_retries = count(ctx, http.max_retries, "http.maxRetries");
+        limits.max_requests_per_connection = count(
+            ctx,
+            http.max_requests_per_connection,
+            "http.maxRequestsPerConnection",
+        );
         limits.idle_timeout = http
             .idle_timeout
             .as_deref()
             .and_then(|t| ctx.duration(t, &format!("{field}.http.idleTimeout")))
             .filter(|d| !d.is_zero());
         for (name, present) in [
-            (
-                "maxRequestsPerConnection",
-                http.max_requests_per_connection.is_some(),
-            ),
             (
                 "maxConcurrentStreams",
                 http.max_concurrent_streams.is_some(),

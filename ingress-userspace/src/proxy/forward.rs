@@ -595,7 +595,8 @@ impl Template {
     }
 }
 
-/// Connect and idle timeouts of `cluster`'s connections.
+/// Connect and idle timeouts and the request limit of `cluster`'s
+/// connections.
 fn conn_settings(cluster: &Cluster) -> ConnSettings {
     ConnSettings {
         connect_timeout: cluster.connect_timeout,
@@ -604,6 +605,7 @@ fn conn_settings(cluster: &Cluster) -> ConnSettings {
             .limits
             .idle_timeout
             .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        max_requests: cluster.policy.limits.max_requests_per_connection,
     }
 }
 

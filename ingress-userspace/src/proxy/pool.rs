@@ -63,6 +63,9 @@ struct PooledConn {
     state: Arc<ConnState>,
     /// The proxy's side of the connection (`%UPSTREAM_LOCAL_ADDRESS%`).
     local: Option<SocketAddr>,
+    /// Requests sent on it, and how many it may carry.
+    requests: u32,
+    max_requests: Option<u32>,
 }
 
 impl EndpointPool {
@@ -90,9 +93,10 @@ impl EndpointPool {
         None
     }
 
-    /// Puts a connection whose exchange ended back on the stack.
+    /// Puts a connection whose exchange ended back on the stack; one that
+    /// carried its last request is dropped (hyper then closes it).
     fn checkin(&self, conn: PooledConn) {
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || conn.max_requests.is_some_and(|max| conn.requests >= max) {
             return;
         }
         conn.state.idle_since_ms.store(now_ms(), Ordering::Release);
@@ -125,6 +129,8 @@ impl EndpointPool {
 pub struct ConnSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Requests after which a connection is closed (none: no limit).
+    pub max_requests: Option<u32>,
 }
 
 /// A response from the endpoint and the local address of the connection it
@@ -150,6 +156,7 @@ pub async fn send(
             // Closed while idle, before anything was sent on it.
             continue;
         }
+        conn.requests += 1;
         match conn.sender.try_send_request(request).await {
             Ok(response) => {
                 let local = conn.local;
@@ -204,6 +211,8 @@ async fn connect(
         sender,
         state,
         local,
+        requests: 0,
+        max_requests: settings.max_requests,
     })
 }
 
@@ -371,6 +380,7 @@ mod tests {
     const SETTINGS: ConnSettings = ConnSettings {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
+        max_requests: None,
     };
 
     async fn exchange(endpoint: &Arc<EndpointStats>, address: SocketAddr) -> Bytes {
@@ -436,14 +446,45 @@ mod tests {
         let endpoint = Arc::new(EndpointStats::default());
         let error = send(&endpoint, address, SETTINGS, get()).await.unwrap_err();
         assert!(matches!(error, ProxyError::ConnectFailure(_)), "{error:?}");
-        // TEST-NET-1 (RFC 5737) answers nothing.
+        // A listener whose accept queue is full (backlog 0, never accepted)
+        // drops further SYNs: the connect hangs until the timeout.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        let _listener = socket.listen(0).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let connect = TcpStream::connect(address);
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(50), connect).await {
+                held.push(stream);
+            }
+        }
         let settings = ConnSettings {
             connect_timeout: Duration::from_millis(50),
             ..SETTINGS
         };
-        let error = send(&endpoint, "192.0.2.1:80".parse().unwrap(), settings, get())
-            .await
-            .unwrap_err();
+        let error = send(&endpoint, address, settings, get()).await.unwrap_err();
         assert!(matches!(error, ProxyError::ConnectFailure(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closes_after_its_request_limit() {
+        let (address, accepted) = backend(None).await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let settings = ConnSettings {
+            max_requests: Some(2),
+            ..SETTINGS
+        };
+        for _ in 0..5 {
+            let (response, _) = send(&endpoint, address, settings, get()).await.unwrap();
+            assert_eq!(
+                response.into_body().collect().await.unwrap().to_bytes(),
+                "ok"
+            );
+        }
+        // 2 + 2 + 1 requests.
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+        assert_eq!(endpoint.cx_total.load(Ordering::Relaxed), 3);
+        assert_eq!(endpoint.pool.idle_len(), 1);
     }
 }

@@ -330,6 +330,9 @@ pub struct PoolLimits {
     pub max_retries: Option<u32>,
     /// `http.idleTimeout`: idle upstream connections are closed after it.
     pub idle_timeout: Option<Duration>,
+    /// `http.maxRequestsPerConnection`: an HTTP/1.1 upstream connection is
+    /// closed after this many requests (Envoy's per-connection limit).
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// `outlierDetection`: endpoints that fail in a row are taken out for a
