@@ -27,6 +27,12 @@ pub struct AccessEntry {
     pub upstream_cluster: String,
     /// `%ROUTE_NAME%`.
     pub route_name: String,
+    /// `%BYTES_RECEIVED%`, `%BYTES_SENT%` (body bytes; for an upgrade, what the
+    /// tunnel carried each way).
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// `%DURATION%`, milliseconds.
+    pub duration_ms: u64,
 }
 
 /// Splits a text line into fields: `[...]` and `"..."` are one field each (quotes
@@ -81,6 +87,9 @@ pub fn parse_text(line: &str) -> Result<AccessEntry> {
         upstream_host: f[15].clone(),
         upstream_cluster: f[16].clone(),
         route_name: f[21].clone(),
+        bytes_received: f[7].parse().unwrap_or_default(),
+        bytes_sent: f[8].parse().unwrap_or_default(),
+        duration_ms: f[9].parse().unwrap_or_default(),
     })
 }
 
@@ -107,6 +116,9 @@ pub fn parse_json(line: &str) -> Result<AccessEntry> {
         upstream_host: text("upstream_host"),
         upstream_cluster: text("upstream_cluster"),
         route_name: text("route_name"),
+        bytes_received: v["bytes_received"].as_u64().unwrap_or_default(),
+        bytes_sent: v["bytes_sent"].as_u64().unwrap_or_default(),
+        duration_ms: v["duration"].as_u64().unwrap_or_default(),
     })
 }
 

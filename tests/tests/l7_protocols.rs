@@ -262,17 +262,27 @@ fn websocket_frames_both_ways_and_upgrades_refused_or_stripped() {
             ));
         }
     }
-    // The access log has the upgrade (101) with the route and the backend.
+    // The access log has the upgrade (101) with the route and the backend, written
+    // when the tunnel closed: with the frames' bytes both ways (11 frames each way,
+    // at least 6 bytes each) and the exchange's duration.
     for path in ["/ws/plain-8080", "/ws/plain-30080", "/ws/tls"] {
         match gw.access_entry(path) {
             Ok(e)
                 if e.status == 101
                     && e.route_name == "ws"
-                    && e.upstream_host == format!("{WS_ADDR}:8080") => {}
+                    && e.upstream_host == format!("{WS_ADDR}:8080")
+                    && e.bytes_received >= 66
+                    && e.bytes_sent >= 66 => {}
             other => failures.push(format!(
-                "access log of {path}: want 101, route ws, upstream {WS_ADDR}:8080, got {other:?}"
+                "access log of {path}: want 101, route ws, upstream {WS_ADDR}:8080, the tunnel's bytes both ways, got {other:?}"
             )),
         }
+    }
+    match gw.access_entry("/ws-timeout/x") {
+        Ok(e) if e.status == 101 && e.duration_ms >= 1000 => {}
+        other => failures.push(format!(
+            "access log of /ws-timeout/x (frames over 1.2 s): want 101 lasting at least 1 s, got {other:?}"
+        )),
     }
 
     // No route for the path: 404, no upgrade, nothing reaches a backend.

@@ -28,10 +28,11 @@ use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{Cluster, ForwardAction, RetryPolicy, Route, Snapshot, UpstreamProtocol};
 
 use super::http::{
-    Finisher, ProxyBody, RequestBody, X_ENVOY_ORIGINAL_PATH, X_ENVOY_UPSTREAM_SERVICE_TIME,
-    grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
+    Finisher, ProxyBody, RequestBody, TunnelFinish, TunnelSlot, X_ENVOY_ORIGINAL_PATH,
+    X_ENVOY_UPSTREAM_SERVICE_TIME, grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
 };
 use super::pool::{self, ConnSettings, DEFAULT_IDLE_TIMEOUT};
+use super::tcp::Counted;
 use super::upstream::{
     ClusterState, EndpointStats, Http2Client, Pick, TryOutcome, choose_weighted, random_u64,
 };
@@ -422,7 +423,11 @@ pub async fn forward(
                         .headers_mut()
                         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                     let upstream = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(downstream, upstream));
+                    let (slot, finisher) = TunnelSlot::new();
+                    response
+                        .extensions_mut()
+                        .insert(TunnelFinish(Arc::new(slot)));
+                    tokio::spawn(tunnel(downstream, upstream, finisher));
                 }
                 return Ok(response);
             }
@@ -466,16 +471,30 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     upgrade && connection
 }
 
-/// Relays an upgraded connection both ways until either side closes.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(down), Ok(up)) = tokio::join!(downstream, upstream) else {
+/// Relays an upgraded connection both ways until either side closes, then
+/// finishes its request (access log, metrics) with the bytes relayed.
+async fn tunnel(
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    finisher: tokio::sync::oneshot::Receiver<Box<Finisher>>,
+) {
+    let (down, up, finisher) = tokio::join!(downstream, upstream, finisher);
+    let (Ok(down), Ok(up)) = (down, up) else {
         tracing::debug!("websocket upgrade did not complete");
+        if let Ok(finisher) = finisher {
+            finisher.finish_tunnel(0, 0);
+        }
         return;
     };
-    let mut down = hyper_util::rt::TokioIo::new(down);
-    let mut up = hyper_util::rt::TokioIo::new(up);
+    // Counted on the reading side: a tunnel often ends in an error (a TLS
+    // peer that closes without close_notify), and its bytes still count.
+    let mut down = Counted::new(hyper_util::rt::TokioIo::new(down));
+    let mut up = Counted::new(hyper_util::rt::TokioIo::new(up));
     if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(%error, "websocket tunnel closed");
+    }
+    if let Ok(finisher) = finisher {
+        finisher.finish_tunnel(down.read, up.read);
     }
 }
 

@@ -207,6 +207,13 @@ pub struct Finisher {
 }
 
 impl Finisher {
+    /// Finishes an upgraded exchange when its tunnel closed, with the bytes
+    /// it carried each way.
+    pub(super) fn finish_tunnel(self: Box<Self>, received: u64, sent: u64) {
+        self.received.fetch_add(received, Ordering::Relaxed);
+        self.finish(sent);
+    }
+
     fn finish(mut self: Box<Self>, sent: u64) {
         let elapsed = self.started.elapsed();
         self.record.duration_ms = elapsed.as_millis() as u64;
@@ -363,7 +370,7 @@ pub async fn serve(
         request_messages,
         response_messages: None,
     });
-    let response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
+    let mut response = match route_request(&ctx, &snapshot, &conn, request, &mut finisher).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%error, "local reply");
@@ -397,12 +404,49 @@ pub async fn serve(
         finisher.grpc_status = grpc_status(response.headers());
     }
     let grpc = (request_protocol == "grpc").then(MessageCounter::default);
+    // An upgraded (WebSocket) exchange finishes when its tunnel closes: the
+    // access-log line and the metrics then carry its bytes and duration.
+    let finisher = match response.extensions_mut().remove::<TunnelFinish>() {
+        Some(TunnelFinish(tunnel)) => {
+            let _ = tunnel.send(finisher);
+            None
+        }
+        None => Some(finisher),
+    };
     Ok(response.map(|inner| ResponseBody {
         inner,
         sent: 0,
         grpc,
-        finisher: Some(finisher),
+        finisher,
     }))
+}
+
+/// On a `101 Switching Protocols` response: where its request's
+/// [`Finisher`] goes, to be finished by the tunnel when it closes.
+#[derive(Clone)]
+pub struct TunnelFinish(pub std::sync::Arc<TunnelSlot>);
+
+/// Hands a [`Finisher`] from the response path to the tunnel task.
+pub struct TunnelSlot(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Box<Finisher>>>>);
+
+impl TunnelSlot {
+    /// A slot and the receiving end for the tunnel.
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<Box<Finisher>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self(std::sync::Mutex::new(Some(tx))), rx)
+    }
+
+    fn send(&self, finisher: Box<Finisher>) -> Result<(), Box<Finisher>> {
+        let sender = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match sender {
+            Some(sender) => sender.send(finisher),
+            None => Err(finisher),
+        }
+    }
 }
 
 async fn route_request(

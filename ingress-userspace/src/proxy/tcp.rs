@@ -156,14 +156,15 @@ where
     }
 }
 
-/// A stream that counts the bytes read from it.
-struct Counted<S> {
+/// A stream that counts the bytes read from it (also the WebSocket tunnel's,
+/// whose counts must survive a relay that ends in an error).
+pub(super) struct Counted<S> {
     inner: S,
-    read: u64,
+    pub(super) read: u64,
 }
 
 impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
+    pub(super) fn new(inner: S) -> Self {
         Self { inner, read: 0 }
     }
 }
