@@ -3,7 +3,7 @@
 //! IP and a query parameter, and its stability when an endpoint goes away), outlier
 //! detection (ejection, `/clusters`, `/stats`, return, `maxEjectionPercent`) and
 //! connection pools (`maxConnections` + `http1MaxPendingRequests`, `http2MaxRequests`
-//! on an HTTP/2 upstream, `maxRequestsPerConnection`, `connectTimeout`).
+//! on an HTTP/2 upstream, `maxRequestsPerConnection`, `h2UpgradePolicy`, `connectTimeout`).
 //!
 //! Each test starts one [`FeatureGateway`] (four `counter` backends that report which
 //! instance answered) with Services and DestinationRules of its own over them.
@@ -684,6 +684,8 @@ fn connection_pool_limits_and_connect_timeout() {
   route: [{destination: {host: pool-keep}}]
 - match: [{uri: {prefix: /per-conn/}}]
   route: [{destination: {host: pool-per-conn}}]
+- match: [{uri: {prefix: /upgrade/}}]
+  route: [{destination: {host: pool-upgrade}}]
 "#,
     );
     let files = [
@@ -724,6 +726,12 @@ fn connection_pool_limits_and_connect_timeout() {
             "http",
             &[COUNTER_C],
             "connectionPool: {http: {maxRequestsPerConnection: 2}}",
+        ),
+        service(
+            "pool-upgrade",
+            "http",
+            &[COUNTER_C],
+            "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",
         ),
     ];
     let gw = FeatureGateway::start(&files, &[]).unwrap();
@@ -858,6 +866,16 @@ fn connection_pool_limits_and_connect_timeout() {
                 "{prefix}: two requests 1 s apart, connection reused: want {reused}, backend saw peers {peers:?}"
             ));
         }
+    }
+
+    // h2UpgradePolicy UPGRADE: a port named `http` is spoken to in HTTP/2.
+    let r = gw.request(POOL_HOST, "/upgrade/version", &[]).unwrap();
+    let version = r.json().map(|j| j["version"].clone()).unwrap_or_default();
+    if r.status != 200 || version != "HTTP/2.0" {
+        failures.push(format!(
+            "h2UpgradePolicy UPGRADE on port `http`: want the request upstream over HTTP/2, backend saw {version} ({})",
+            r.status
+        ));
     }
 
     // maxRequestsPerConnection 2: six sequential requests arrive over three upstream

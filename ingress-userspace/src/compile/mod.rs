@@ -175,6 +175,14 @@ pub fn service_port_protocol(name: Option<&str>, app_protocol: Option<&str>) -> 
         .unwrap_or(UpstreamProtocol::Tcp)
 }
 
+/// `h2UpgradePolicy: UPGRADE` turns an HTTP/1.1 cluster into an HTTP/2 one.
+fn upgraded(protocol: UpstreamProtocol, policy: &ClusterPolicy) -> UpstreamProtocol {
+    match protocol {
+        UpstreamProtocol::Http1 if policy.limits.h2_upgrade => UpstreamProtocol::Http2,
+        other => other,
+    }
+}
+
 /// A cluster some route needs.
 #[derive(Clone, Debug)]
 struct ClusterDemand {
@@ -1167,7 +1175,10 @@ impl<'a> Compiler<'a> {
                 name: service.meta.name.clone(),
             },
             endpoints,
-            protocol: service_port_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
+            protocol: upgraded(
+                service_port_protocol(port.name.as_deref(), port.app_protocol.as_deref()),
+                &policy,
+            ),
             connect_timeout,
             policy,
         })
@@ -1223,7 +1234,10 @@ impl<'a> Compiler<'a> {
                 name: se.meta.name.clone(),
             },
             endpoints,
-            protocol: service_port_protocol(Some(&port.name), port.protocol.as_deref()),
+            protocol: upgraded(
+                service_port_protocol(Some(&port.name), port.protocol.as_deref()),
+                &policy,
+            ),
             connect_timeout,
             policy,
         })

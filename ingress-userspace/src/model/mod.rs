@@ -2204,6 +2204,14 @@ fn convert_pool(
         );
         limits.max_requests = count(ctx, http.http2_max_requests, "http.http2MaxRequests");
         limits.max_retries = count(ctx, http.max_retries, "http.maxRetries");
+        match http.h2_upgrade_policy.as_deref() {
+            None | Some("DEFAULT" | "DO_NOT_UPGRADE") => {}
+            Some("UPGRADE") => limits.h2_upgrade = true,
+            Some(other) => ctx.error(
+                format!("{field}.http.h2UpgradePolicy"),
+                format!("unknown policy {other:?} (DEFAULT, DO_NOT_UPGRADE or UPGRADE)"),
+            ),
+        }
         limits.max_requests_per_connection = count(
             ctx,
             http.max_requests_per_connection,
@@ -2219,7 +2227,6 @@ fn convert_pool(
                 "maxConcurrentStreams",
                 http.max_concurrent_streams.is_some(),
             ),
-            ("h2UpgradePolicy", http.h2_upgrade_policy.is_some()),
             ("useClientProtocol", http.use_client_protocol.is_some()),
         ] {
             if present {

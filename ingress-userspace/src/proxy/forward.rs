@@ -202,8 +202,11 @@ pub async fn forward(
     finisher.cluster = Some(state.clone());
 
     let (mut parts, body) = request.into_parts();
-    let http2 = cluster.protocol == UpstreamProtocol::Http2;
     let websocket = is_websocket_upgrade(&parts.headers);
+    // A port upgraded to HTTP/2 by h2UpgradePolicy still speaks HTTP/1.1,
+    // which WebSocket upgrades need.
+    let http2 = cluster.protocol == UpstreamProtocol::Http2
+        && !(websocket && cluster.policy.limits.h2_upgrade);
     let downstream_upgrade = if websocket {
         if http2 {
             // An HTTP/2 upstream cannot take an HTTP/1.1 upgrade.

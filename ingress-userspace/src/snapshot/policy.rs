@@ -333,6 +333,9 @@ pub struct PoolLimits {
     /// `http.maxRequestsPerConnection`: an HTTP/1.1 upstream connection is
     /// closed after this many requests (Envoy's per-connection limit).
     pub max_requests_per_connection: Option<u32>,
+    /// `http.h2UpgradePolicy: UPGRADE`: an HTTP/1.1 port is spoken to in
+    /// HTTP/2 (h2c); WebSocket upgrades still go over HTTP/1.1.
+    pub h2_upgrade: bool,
 }
 
 /// `outlierDetection`: endpoints that fail in a row are taken out for a
