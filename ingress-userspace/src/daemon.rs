@@ -152,18 +152,14 @@ impl ConfigSource {
                     dir.display()
                 ),
             },
-            Self::Kubernetes { source, changes } => {
+            Self::Kubernetes { source, .. } => {
                 info!("kubernetes source: waiting for the initial lists");
-                source.wait_synced().await;
-                loop {
-                    if let Some(outcome) = source.build(options).await? {
-                        source.report(&outcome);
-                        if let Some(snapshot) = outcome.snapshot {
-                            return Ok(snapshot);
-                        }
-                    }
-                    let _ = changes.changed().await;
-                }
+                let outcome = source.first_build(options).await?;
+                source.report(&outcome);
+                // Per-object compiling always yields a snapshot.
+                outcome
+                    .snapshot
+                    .context("the Kubernetes source compiled no snapshot")
             }
         }
     }

@@ -113,15 +113,9 @@ impl ConfigArgs {
                 node_name: None,
             };
             let mut source = KubeSource::start(&options, &self.gateway.gateway_namespace).await?;
-            tokio::time::timeout(Duration::from_secs(60), source.wait_synced())
+            tokio::time::timeout(Duration::from_secs(60), source.first_build(&self.options()))
                 .await
-                .context("the API server did not list every kind within 60 s")?;
-            loop {
-                if let Some(outcome) = source.build(&self.options()).await? {
-                    return Ok(outcome);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+                .context("the API server did not list every kind within 60 s")?
         })
     }
 }

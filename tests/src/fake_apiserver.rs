@@ -1571,6 +1571,19 @@ async fn stream_watch(
     }
 }
 
+/// The kind of `api_version`/`kind` and the store key of `namespace`/`name` in it
+/// (`namespace` ignored for cluster-scoped kinds).
+fn stored_key(
+    api_version: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(&'static KindInfo, (String, String))> {
+    let kind = kind_of(&json!({ "apiVersion": api_version, "kind": kind }))?;
+    let ns = if kind.namespaced { namespace } else { "" };
+    Ok((kind, (ns.to_owned(), name.to_owned())))
+}
+
 // ---------------------------------------------------------------------------------------
 // The handle
 
@@ -1699,10 +1712,9 @@ impl FakeApiServer {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Value>> {
-        let kind = kind_of(&json!({ "apiVersion": api_version, "kind": kind }))?;
-        let ns = if kind.namespaced { namespace } else { "" };
+        let (kind, key) = stored_key(api_version, kind, namespace, name)?;
         let mut inner = self.shared.lock();
-        Ok(inner.remove(&self.shared, kind, &(ns.to_owned(), name.to_owned())))
+        Ok(inner.remove(&self.shared, kind, &key))
     }
 
     /// The stored object, if any.
@@ -1713,14 +1725,8 @@ impl FakeApiServer {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Value>> {
-        let kind = kind_of(&json!({ "apiVersion": api_version, "kind": kind }))?;
-        let ns = if kind.namespaced { namespace } else { "" };
-        Ok(self
-            .shared
-            .lock()
-            .store
-            .get(kind, &(ns.to_owned(), name.to_owned()))
-            .cloned())
+        let (kind, key) = stored_key(api_version, kind, namespace, name)?;
+        Ok(self.shared.lock().store.get(kind, &key).cloned())
     }
 
     /// Every Event received (`events.k8s.io/v1` ones, with `regarding`, `note`, `reason`,

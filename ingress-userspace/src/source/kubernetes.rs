@@ -152,8 +152,10 @@ struct Cache {
 
 type SharedCache = Arc<Mutex<Cache>>;
 
-fn lock(cache: &SharedCache) -> std::sync::MutexGuard<'_, Cache> {
-    cache
+/// Locks a mutex; a panic elsewhere while it was held leaves the data as it
+/// was, which every user here can take.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -196,26 +198,16 @@ pub struct WatchStatus {
 
 impl SourceStatus {
     fn update(&self, label: &str, f: impl FnOnce(&mut WatchStatus)) {
-        let mut watches = self
-            .watches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(watches.entry(label.to_owned()).or_default());
+        f(lock(&self.watches).entry(label.to_owned()).or_default());
     }
 
     fn remove(&self, label: &str) {
-        self.watches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(label);
+        lock(&self.watches).remove(label);
     }
 
     /// Every watch's state, by watch (`gateways`, `secrets (metadata.name=x)`).
     pub fn watches(&self) -> BTreeMap<String, WatchStatus> {
-        self.watches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.watches).clone()
     }
 }
 
@@ -290,8 +282,6 @@ struct Collected {
     objects: Vec<(Kind, Arc<Entry>)>,
     /// Of the kinds, names and resourceVersions: equal means nothing changed.
     fingerprint: u64,
-    /// Watches whose first list has not completed.
-    pending: Vec<String>,
 }
 
 /// The source: watches, caches and what was last built from them.
@@ -353,7 +343,7 @@ impl KubeSource {
         };
         for kind in Kind::CORE {
             let watch = spawn_watch(&client, kind, "", None, None, notify.clone());
-            lock_watches(&watches).insert(kind, watch);
+            lock(&watches).insert(kind, watch);
         }
         let discovery = tokio::spawn(discover_istio(client.clone(), watches.clone(), notify));
         Ok(Self {
@@ -408,7 +398,7 @@ impl KubeSource {
 
     /// The kinds whose first list has not completed yet.
     fn unsynced(&self) -> Vec<String> {
-        let watches = lock_watches(&self.watches);
+        let watches = lock(&self.watches);
         let mut missing: Vec<String> = Kind::ISTIO
             .iter()
             .chain(&Kind::CORE)
@@ -426,7 +416,7 @@ impl KubeSource {
 
     /// Waits until every watch (and the Secrets the Gateways refer to) has
     /// listed once.
-    pub async fn wait_synced(&mut self) {
+    async fn wait_synced(&mut self) {
         let mut changes = self.subscribe();
         let mut last_report = tokio::time::Instant::now();
         loop {
@@ -440,6 +430,19 @@ impl KubeSource {
                 last_report = tokio::time::Instant::now();
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        }
+    }
+
+    /// The first build: waits for every first list, then compiles (again
+    /// when a Secret a Gateway names turns up unlisted, once it is listed).
+    pub async fn first_build(&mut self, options: &Options) -> anyhow::Result<Outcome> {
+        let mut changes = self.subscribe();
+        self.wait_synced().await;
+        loop {
+            if let Some(outcome) = self.build(options).await? {
+                return Ok(outcome);
+            }
+            let _ = changes.changed().await;
         }
     }
 
@@ -469,7 +472,7 @@ impl KubeSource {
 
     /// `credentialName`s of every Gateway, and their `-cacert` companions.
     fn referenced_secrets(&self) -> BTreeSet<String> {
-        let watches = lock_watches(&self.watches);
+        let watches = lock(&self.watches);
         let Some(gateways) = watches.get(&Kind::Gateway) else {
             return BTreeSet::new();
         };
@@ -509,15 +512,15 @@ impl KubeSource {
     /// signal a change when it has).
     pub async fn build(&mut self, options: &Options) -> anyhow::Result<Option<Outcome>> {
         self.reconcile_secrets();
-        let Collected {
-            objects,
-            fingerprint,
-            pending,
-        } = self.collect();
+        let pending = self.unsynced();
         if !pending.is_empty() {
             debug!(waiting_for = ?pending, "kubernetes source: build deferred");
             return Ok(None);
         }
+        let Collected {
+            objects,
+            fingerprint,
+        } = self.collect();
         if self.built == Some(fingerprint) {
             debug!("kubernetes source: no change");
             return Ok(None);
@@ -532,26 +535,17 @@ impl KubeSource {
     }
 
     /// The objects of every cache (values cloned under the locks, cheaply:
-    /// `Arc`s), their fingerprint, and the watches still listing.
+    /// `Arc`s) and their fingerprint.
     fn collect(&self) -> Collected {
         let mut objects = Vec::new();
         let mut hasher = DefaultHasher::new();
-        let mut pending = Vec::new();
-        let watches = lock_watches(&self.watches);
+        let watches = lock(&self.watches);
         let all = watches
             .iter()
-            .map(|(kind, w)| (*kind, w, kind.plural().to_owned()))
-            .chain(
-                self.secrets
-                    .iter()
-                    .map(|(name, w)| (Kind::Secret, w, format!("secrets/{name}"))),
-            );
-        for (kind, watch, label) in all {
+            .map(|(kind, w)| (*kind, w))
+            .chain(self.secrets.values().map(|w| (Kind::Secret, w)));
+        for (kind, watch) in all {
             let cache = lock(&watch.cache);
-            if !cache.synced {
-                pending.push(label);
-                continue;
-            }
             for ((namespace, name), entry) in &cache.objects {
                 (kind, namespace, name, &entry.resource_version).hash(&mut hasher);
                 objects.push((kind, entry.clone()));
@@ -560,7 +554,6 @@ impl KubeSource {
         Collected {
             objects,
             fingerprint: hasher.finish(),
-            pending,
         }
     }
 
@@ -642,14 +635,6 @@ impl KubeSource {
     }
 }
 
-fn lock_watches(
-    watches: &Mutex<BTreeMap<Kind, Watch>>,
-) -> std::sync::MutexGuard<'_, BTreeMap<Kind, Watch>> {
-    watches
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// A DNS-1123 subdomain (what a Secret name can be); anything else in
 /// `credentialName` (Istio's `kubernetes://` or `ns/name` forms) is resolved
 /// by the model, which reports it.
@@ -686,7 +671,7 @@ async fn discover_istio(
                 let served: Vec<&str> = group.versions().collect();
                 if let Some(version) = ISTIO_VERSIONS.iter().find(|v| served.contains(v)) {
                     info!(version = %format!("{ISTIO_GROUP}/{version}"), served = ?served, "reading Istio resources");
-                    let mut watches = lock_watches(&watches);
+                    let mut watches = lock(&watches);
                     for kind in Kind::ISTIO {
                         let watch =
                             spawn_watch(&client, kind, "", None, Some(version), notify.clone());
