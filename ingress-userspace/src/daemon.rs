@@ -1108,18 +1108,24 @@ async fn accept_loop(
         let ctx = ctx.clone();
         let stats = stats.clone();
         if protocol == "HTTP" {
-            let watcher = graceful.watcher();
+            let drain = proxy::Graceful {
+                watcher: graceful.watcher(),
+                stop: stop.clone(),
+            };
             tokio::spawn(async move {
-                proxy::http::serve_connection(ctx, conn, stats.clone(), stream, watcher).await;
+                proxy::h1::serve_connection(ctx, conn, stats.clone(), stream, drain).await;
                 stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
             });
         } else if protocol == "TLS" {
             // Passthrough and TLS-terminated TCP connections count for the
             // drain; HTTPS connections are watched by `graceful`.
             let guard = tcp.enter();
-            let watcher = graceful.watcher();
+            let drain = proxy::Graceful {
+                watcher: graceful.watcher(),
+                stop: stop.clone(),
+            };
             tokio::spawn(async move {
-                proxy::tls::serve(ctx, conn, stream, stats.clone(), watcher).await;
+                proxy::tls::serve(ctx, conn, stream, stats.clone(), drain).await;
                 stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
                 drop(guard);
             });
@@ -1379,5 +1385,115 @@ mod tests {
             .await
             .expect("idle keep-alive connections close on drain");
         assert!(TcpStream::connect(proxy).await.is_err(), "listener closed");
+    }
+
+    /// Writes `bytes` on `stream` and reads what comes back until the
+    /// connection closes or stays quiet for 300 ms; true when it closed.
+    async fn converse(stream: &mut TcpStream, bytes: &[u8]) -> (String, bool) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(bytes).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into(), true),
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => return (String::from_utf8_lossy(&seen).into(), false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_keep_alive_pipelining_and_hand_off_to_hyper() {
+        let a = backend("a").await;
+        let metrics = Arc::new(Metrics::new(
+            SourceIdentity::from_gateway(&GatewayIdentity::default()),
+            Vec::new(),
+        ));
+        let ctx = Arc::new(Context::new(
+            Arc::new(snapshot(&[a])),
+            metrics.clone(),
+            AccessLog {
+                format: AccessLogFormat::Off,
+            },
+        ));
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = socket.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", "HTTP"));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            ctx.clone(),
+            vec![socket],
+            8080,
+            "HTTP",
+            stats,
+            stop_rx,
+        ));
+        let host = "host: counter.example.com\r\n";
+
+        // Two pipelined requests in one write: two answers, in order, and
+        // the connection stays open.
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let two = format!("GET /one HTTP/1.1\r\n{host}\r\nGET /two HTTP/1.1\r\n{host}\r\n");
+        let (text, closed) = converse(&mut stream, two.as_bytes()).await;
+        assert!(!closed, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+        let (one, two) = (text.find("a /one ").unwrap(), text.find("a /two ").unwrap());
+        assert!(one < two, "{text}");
+        assert!(text.contains("\r\ndate: "), "{text}");
+        assert!(text.contains("\r\ncontent-length: "), "{text}");
+        // HEAD: the length of the body, not the body.
+        let head = format!("HEAD /h HTTP/1.1\r\n{host}\r\n");
+        let (text, closed) = converse(&mut stream, head.as_bytes()).await;
+        assert!(!closed && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("content-length: ") && text.ends_with("\r\n\r\n"),
+            "{text}"
+        );
+        // A request with a body goes to hyper, which keeps serving the
+        // connection, with the same routing.
+        let post = format!(
+            "POST /p HTTP/1.1\r\n{host}content-length: 3\r\n\r\nabcGET /after HTTP/1.1\r\n{host}\r\n"
+        );
+        let (text, closed) = converse(&mut stream, post.as_bytes()).await;
+        assert!(!closed, "{text}");
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+        assert!(
+            text.contains("a /p ") && text.contains("a /after "),
+            "{text}"
+        );
+        // `Connection: close` is honoured.
+        let close = format!("GET /c HTTP/1.1\r\n{host}connection: close\r\n\r\n");
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let (text, closed) = converse(&mut stream, close.as_bytes()).await;
+        assert!(
+            closed && text.contains("\r\nconnection: close\r\n"),
+            "{text}"
+        );
+        // HTTP/1.0: closed unless asked to keep alive.
+        let old = format!("GET /o HTTP/1.0\r\n{host}\r\n");
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let (text, closed) = converse(&mut stream, old.as_bytes()).await;
+        assert!(closed && text.contains("a /o "), "{text}");
+        let kept = format!("GET /k HTTP/1.0\r\n{host}connection: keep-alive\r\n\r\n");
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let (text, closed) = converse(&mut stream, kept.as_bytes()).await;
+        assert!(
+            !closed && text.contains("\r\nconnection: keep-alive\r\n"),
+            "{text}"
+        );
+        // Not HTTP/1.x: hyper answers 400 and closes.
+        let mut garbage = TcpStream::connect(proxy).await.unwrap();
+        let (text, closed) = converse(&mut garbage, b"\x16\x03\x01 not http\r\n\r\n").await;
+        assert!(closed && text.starts_with("HTTP/1.1 400"), "{text}");
+
+        // A drain closes the idle kept-alive connection.
+        stop_tx.send(true).unwrap();
+        let drain = task.await.unwrap();
+        let (_, closed) = converse(&mut stream, b"").await;
+        assert!(closed);
+        tokio::time::timeout(Duration::from_secs(5), drain.wait())
+            .await
+            .expect("drained");
     }
 }

@@ -28,7 +28,7 @@ use crate::snapshot::policy::{HashKey, LbPolicy};
 use crate::snapshot::{Cluster, ForwardAction, RetryPolicy, Route, Snapshot, UpstreamProtocol};
 
 use super::http::{
-    Finisher, ProxyBody, RequestBody, TunnelFinish, TunnelSlot, X_ENVOY_ORIGINAL_PATH,
+    BoxError, Finisher, ProxyBody, RequestBody, TunnelFinish, TunnelSlot, X_ENVOY_ORIGINAL_PATH,
     X_ENVOY_UPSTREAM_SERVICE_TIME, grpc_status, prepare_upstream, rewrite_path, strip_hop_by_hop,
 };
 use super::pool::{self, ConnSettings, DEFAULT_IDLE_TIMEOUT};
@@ -651,12 +651,9 @@ async fn send(
                 .extensions()
                 .get::<HttpInfo>()
                 .map(HttpInfo::local_addr);
-            Ok((response.map(BodyExt::boxed), local))
+            Ok((response.map(|b| b.map_err(BoxError::from).boxed()), local))
         }
-        None => {
-            let (response, local) = pool::send(endpoint, address, settings, request).await?;
-            Ok((response.map(BodyExt::boxed), local))
-        }
+        None => pool::send(endpoint, address, settings, request).await,
     }
 }
 

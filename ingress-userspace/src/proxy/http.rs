@@ -34,8 +34,11 @@ use super::grpc::MessageCounter;
 use super::upstream::{ClusterState, EndpointStats};
 use super::{ConnInfo, Context, ListenerStats, ProxyError};
 
+/// The error of a body the proxy relays.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of every response the proxy sends.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the
 /// legacy ones Envoy also removes).
@@ -61,7 +64,8 @@ pub(super) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
 /// The request body sent upstream: the downstream body, counting its bytes.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// None: the request had no body (taken by `h1.rs`).
+    inner: Option<Incoming>,
     received: Arc<AtomicU64>,
     /// gRPC requests: the message count, shared with the finisher.
     grpc: Option<(MessageCounter, Arc<AtomicU64>)>,
@@ -76,7 +80,10 @@ impl Body for RequestBody {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -91,11 +98,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
@@ -121,12 +130,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -273,10 +282,11 @@ impl Finisher {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (by preface) on one downstream connection
-/// (plain or TLS) until it closes or `watcher` drains it.
-pub async fn serve_connection<I>(
+/// (plain or TLS) with hyper until it closes or `watcher` drains it; `h1.rs`
+/// hands it connections whose requests it does not take itself.
+pub async fn serve_hyper<I>(
     ctx: Arc<Context>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     stats: Arc<ListenerStats>,
     io: I,
     watcher: Watcher,
@@ -284,9 +294,9 @@ pub async fn serve_connection<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = conn.remote;
-    let conn = Arc::new(conn);
-    let service =
-        service_fn(move |request| serve(ctx.clone(), conn.clone(), stats.clone(), request));
+    let service = service_fn(move |request: Request<Incoming>| {
+        serve(ctx.clone(), conn.clone(), stats.clone(), request.map(Some))
+    });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
@@ -304,7 +314,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     conn: Arc<ConnInfo>,
     listener: Arc<ListenerStats>,
-    request: Request<Incoming>,
+    request: Request<Option<Incoming>>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     // The wall-clock start is only printed.

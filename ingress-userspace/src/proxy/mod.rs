@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod forward;
 pub mod grpc;
+pub mod h1;
 pub mod http;
 pub mod pool;
 pub mod tcp;
@@ -55,6 +56,14 @@ impl Context {
             tls: Arc::new(TlsRuntime::new()),
         }
     }
+}
+
+/// How a listener's HTTP connection learns that it drains: hyper's
+/// graceful-shutdown watcher (counted by the drain) and the listener's stop
+/// signal, which `h1.rs` watches itself.
+pub struct Graceful {
+    pub watcher: hyper_util::server::graceful::Watcher,
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The downstream connection a request arrived on.

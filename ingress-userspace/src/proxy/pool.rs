@@ -1,121 +1,213 @@
-//! Data path, upstream connections: HTTP/1.1 connections to one endpoint of
-//! one cluster, kept open between requests (Envoy's per-host connection pool).
+//! Data path, upstream connections: HTTP/1.1 to one endpoint of one
+//! cluster, kept open between requests (Envoy's per-host connection pool).
+//!
+//! The exchange runs in the task of the downstream request: the request
+//! head is written straight to the socket and the response is read from it
+//! with httparse, its body decoded (content-length, chunked with trailers,
+//! or until close) as the downstream side polls for it. There is no task
+//! per upstream connection and no channel between the two sides, so one
+//! request costs one write and, for a small answer, one read.
 //!
 //! Each endpoint's [`EndpointStats`] holds a stack of idle connections; a
 //! request takes the most recently used one (LIFO keeps few connections warm)
 //! or opens a new one within the cluster's connect timeout. A connection goes
-//! back only once its response body has ended and hyper still considers it
-//! reusable. Each connection runs in its own task, which also closes it when
-//! it stayed idle for the cluster's idle timeout.
+//! back as soon as its response ended, if it may carry another request. A
+//! reaper task per endpoint, running only while it has idle connections,
+//! closes those idle past the cluster's idle timeout or closed by the
+//! backend; taking a connection checks the same.
 //!
-//! A request that a pooled connection could not even start (the backend
-//! closed it while it sat idle) is sent again on another connection, as
-//! hyper-util's client does; once bytes went out it is the retry policy's
-//! business.
+//! WebSocket upgrades go over a connection of their own, driven by hyper,
+//! whose upgrade hands the socket to the tunnel.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ProxyError;
 use super::forward::UpstreamBody;
-use super::upstream::{EndpointStats, now_ms};
+use super::http::{BoxError, ProxyBody};
+use super::upstream::EndpointStats;
 
 /// How long a connection may stay idle when the DestinationRule sets no
 /// `idleTimeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint; more are closed when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
-/// [`ConnState::idle_since_ms`] of a connection in use.
-const BUSY: u64 = u64::MAX;
-/// [`ConnState::idle_since_ms`] of a connection its task is closing.
-const CLOSING: u64 = u64::MAX - 1;
+/// How often the reaper looks at idle connections (at most).
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest response head (status line and headers) accepted, as hyper's.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// How much the read buffer grows by when it is full.
+const READ_CHUNK: usize = 8 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
 
 /// The idle connections of one endpoint.
 #[derive(Debug, Default)]
 pub struct EndpointPool {
-    idle: Mutex<Vec<PooledConn>>,
-}
-
-/// What the pool and a connection's task share.
-#[derive(Debug)]
-struct ConnState {
-    /// [`now_ms`] when the connection went idle, or [`BUSY`] / [`CLOSING`].
-    /// A request and the idle timer race for an idle connection with a
-    /// compare-exchange, so a connection is never closed under a request.
-    idle_since_ms: AtomicU64,
+    idle: Mutex<Vec<Conn>>,
+    /// Whether a reaper task watches `idle` (set and cleared under its lock).
+    reaping: AtomicBool,
 }
 
 /// One open HTTP/1.1 connection, in use or idle.
 #[derive(Debug)]
-struct PooledConn {
-    sender: SendRequest<UpstreamBody>,
-    state: Arc<ConnState>,
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not consumed yet.
+    buf: BytesMut,
+    /// The request head being written; kept for its capacity.
+    out: Vec<u8>,
     /// The proxy's side of the connection (`%UPSTREAM_LOCAL_ADDRESS%`).
     local: Option<SocketAddr>,
     /// Requests sent on it, and how many it may carry.
     requests: u32,
     max_requests: Option<u32>,
+    idle_timeout: Duration,
+    /// When it last went idle.
+    idle_since: Instant,
 }
 
-impl EndpointPool {
-    /// The most recently returned idle connection that is still open.
-    fn checkout(&self) -> Option<PooledConn> {
-        let mut idle = self
+impl Conn {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since) >= self.idle_timeout
+    }
+
+    /// Whether the backend closed the idle connection or sent something
+    /// unasked. Costs a syscall only when the socket was reported readable.
+    fn closed(&self) -> bool {
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    fn reusable(&self) -> bool {
+        self.buf.is_empty() && self.max_requests.is_none_or(|max| self.requests < max)
+    }
+
+    /// Reads more bytes into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let spare = self.buf.spare_capacity_mut();
+        let mut read = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        // SAFETY: `poll_read` initialised the first `n` bytes of the spare
+        // capacity.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// A connection going away: counted out of the endpoint's active ones.
+fn close(endpoint: &EndpointStats, conn: Conn) {
+    drop(conn);
+    endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The most recently returned idle connection that is still usable.
+fn checkout(endpoint: &EndpointStats) -> Option<Conn> {
+    let now = Instant::now();
+    let mut idle = endpoint
+        .pool
+        .idle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while let Some(conn) = idle.pop() {
+        if conn.expired(now) || conn.closed() {
+            close(endpoint, conn);
+            continue;
+        }
+        return Some(conn);
+    }
+    None
+}
+
+/// Puts a connection whose exchange ended back on the stack, or closes it
+/// when it may not carry another request.
+fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Conn) {
+    if !conn.reusable() {
+        close(endpoint, conn);
+        return;
+    }
+    conn.idle_since = Instant::now();
+    let tick = conn.idle_timeout.min(REAP_INTERVAL);
+    let mut idle = endpoint
+        .pool
+        .idle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if idle.len() >= MAX_IDLE_PER_ENDPOINT {
+        close(endpoint, conn);
+        return;
+    }
+    idle.push(conn);
+    if !endpoint.pool.reaping.swap(true, Ordering::Relaxed) {
+        tokio::spawn(reap(Arc::downgrade(endpoint), tick));
+    }
+}
+
+/// Closes idle connections past their idle timeout or closed by the backend,
+/// until the endpoint has none idle (or is gone).
+async fn reap(endpoint: Weak<EndpointStats>, tick: Duration) {
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(endpoint) = endpoint.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle = endpoint
+            .pool
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(conn) = idle.pop() {
-            if conn.sender.is_closed() {
-                continue;
-            }
-            let since = conn.state.idle_since_ms.load(Ordering::Acquire);
-            if since < CLOSING
-                && conn
-                    .state
-                    .idle_since_ms
-                    .compare_exchange(since, BUSY, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                return Some(conn);
+        let mut kept = Vec::with_capacity(idle.len());
+        for conn in idle.drain(..) {
+            if conn.expired(now) || conn.closed() {
+                close(&endpoint, conn);
+            } else {
+                kept.push(conn);
             }
         }
-        None
-    }
-
-    /// Puts a connection whose exchange ended back on the stack; one that
-    /// carried its last request is dropped (hyper then closes it).
-    fn checkin(&self, conn: PooledConn) {
-        if conn.sender.is_closed() || conn.max_requests.is_some_and(|max| conn.requests >= max) {
+        *idle = kept;
+        if idle.is_empty() {
+            endpoint.pool.reaping.store(false, Ordering::Relaxed);
             return;
         }
-        conn.state.idle_since_ms.store(now_ms(), Ordering::Release);
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() >= MAX_IDLE_PER_ENDPOINT {
-            // Connections that closed while idle under the top of the stack
-            // stay until popped; make room by dropping them first.
-            idle.retain(|c| !c.sender.is_closed());
-        }
-        if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(conn);
-        }
     }
+}
 
+#[cfg(test)]
+impl EndpointPool {
     /// Idle connections, open or not yet noticed closed.
-    #[cfg(test)]
     fn idle_len(&self) -> usize {
         self.idle
             .lock()
@@ -135,177 +227,123 @@ pub struct ConnSettings {
 
 /// A response from the endpoint and the local address of the connection it
 /// came on.
-pub type Exchange = (Response<PooledBody>, Option<SocketAddr>);
+pub type Exchange = (Response<ProxyBody>, Option<SocketAddr>);
 
-/// Sends `request` (origin-form URI) to `address` on a pooled connection of
-/// `endpoint`, or on a new one.
+/// Sends `request` (origin-form URI, `Host` set) to `address` on a pooled
+/// connection of `endpoint`, or on a new one. A WebSocket upgrade goes
+/// over a connection of its own.
 pub async fn send(
     endpoint: &Arc<EndpointStats>,
     address: SocketAddr,
     settings: ConnSettings,
-    mut request: Request<UpstreamBody>,
+    request: Request<UpstreamBody>,
 ) -> Result<Exchange, ProxyError> {
-    loop {
-        let (mut conn, reused) = match endpoint.pool.checkout() {
-            Some(conn) => (conn, true),
-            // Boxed: connecting is the rare path; it would make every
-            // exchange's future larger.
-            None => (Box::pin(connect(endpoint, address, settings)).await?, false),
-        };
-        if reused && conn.sender.ready().await.is_err() {
-            // Closed while idle, before anything was sent on it.
-            continue;
-        }
-        conn.requests += 1;
-        match conn.sender.try_send_request(request).await {
-            Ok(response) => {
-                let local = conn.local;
-                // After a 101 the connection belongs to the tunnel.
-                let reusable = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                let response = response.map(|inner| PooledBody {
-                    inner,
-                    ended: false,
-                    conn: reusable.then(|| (conn, endpoint.clone())),
-                });
-                return Ok((response, local));
-            }
-            Err(mut error) => match error.take_message() {
-                Some(unsent) if reused => request = unsent,
-                _ => return Err(classify(&error.into_error())),
-            },
-        }
+    if request.headers().contains_key(header::UPGRADE) {
+        // Boxed: upgrades are rare; they would make every exchange's
+        // future larger.
+        return Box::pin(send_upgrade(endpoint, address, settings, request)).await;
     }
+    let mut conn = match checkout(endpoint) {
+        Some(conn) => conn,
+        None => Box::pin(connect(endpoint, address, settings)).await?,
+    };
+    conn.requests += 1;
+    let (parts, body) = request.into_parts();
+    let head = match exchange(&mut conn, &parts, body).await {
+        Ok(head) => head,
+        Err(error) => {
+            close(endpoint, conn);
+            return Err(error);
+        }
+    };
+    let local = conn.local;
+    let framing = head.framing(parts.method == Method::HEAD);
+    let mut body = PooledBody {
+        conn: Some(conn),
+        endpoint: endpoint.clone(),
+        framing,
+        keep_alive: head.keep_alive,
+    };
+    body.end_if_done();
+    let mut response = Response::new(body.boxed());
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok((response, local))
 }
 
-/// Opens a connection to `address` within the connect timeout and spawns its
-/// task.
-async fn connect(
-    endpoint: &Arc<EndpointStats>,
+/// Opens a TCP connection to `address` within `timeout`.
+async fn connect_tcp(
+    endpoint: &EndpointStats,
     address: SocketAddr,
-    settings: ConnSettings,
-) -> Result<PooledConn, ProxyError> {
-    let stream =
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ProxyError::ConnectFailure(error.to_string())),
-            Err(elapsed) => return Err(ProxyError::ConnectFailure(elapsed.to_string())),
-        };
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(ProxyError::ConnectFailure(error.to_string())),
+        Err(elapsed) => return Err(ProxyError::ConnectFailure(elapsed.to_string())),
+    };
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
-    let (sender, conn) = http1::Builder::new()
-        .handshake::<_, UpstreamBody>(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProxyError::ConnectFailure(innermost(&e)))?;
-    let state = Arc::new(ConnState {
-        idle_since_ms: AtomicU64::new(BUSY),
-    });
     endpoint.cx_total.fetch_add(1, Ordering::Relaxed);
     endpoint.cx_active.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(drive(
-        conn.with_upgrades(),
-        state.clone(),
-        endpoint.clone(),
-        settings.idle_timeout,
-    ));
-    Ok(PooledConn {
-        sender,
-        state,
-        local,
+    Ok(stream)
+}
+
+/// Opens a pooled connection to `address`.
+async fn connect(
+    endpoint: &EndpointStats,
+    address: SocketAddr,
+    settings: ConnSettings,
+) -> Result<Conn, ProxyError> {
+    let stream = connect_tcp(endpoint, address, settings.connect_timeout).await?;
+    Ok(Conn {
+        local: stream.local_addr().ok(),
+        stream,
+        buf: BytesMut::new(),
+        out: Vec::new(),
         requests: 0,
         max_requests: settings.max_requests,
+        idle_timeout: settings.idle_timeout,
+        idle_since: Instant::now(),
     })
 }
 
-/// Runs one connection until it ends, the backend closes it or it stayed
-/// idle for `idle_timeout`.
-async fn drive<C>(
-    conn: C,
-    state: Arc<ConnState>,
-    endpoint: Arc<EndpointStats>,
-    idle_timeout: Duration,
-) where
-    C: Future<Output = hyper::Result<()>>,
-{
-    let mut conn = std::pin::pin!(conn);
-    let timeout_ms = idle_timeout.as_millis() as u64;
-    loop {
-        let since = state.idle_since_ms.load(Ordering::Acquire);
-        let wait = if since < CLOSING {
-            let idle_for = now_ms().saturating_sub(since);
-            if idle_for >= timeout_ms
-                && state
-                    .idle_since_ms
-                    .compare_exchange(since, CLOSING, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                break;
-            }
-            Duration::from_millis(timeout_ms.saturating_sub(idle_for).max(1))
-        } else {
-            idle_timeout
-        };
-        tokio::select! {
-            biased;
-            result = &mut conn => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "upstream connection closed");
-                }
-                break;
-            }
-            () = tokio::time::sleep(wait) => {}
+/// A WebSocket upgrade on a connection of its own: hyper drives it and
+/// hands the socket to the tunnel after the `101`.
+async fn send_upgrade(
+    endpoint: &Arc<EndpointStats>,
+    address: SocketAddr,
+    settings: ConnSettings,
+    request: Request<UpstreamBody>,
+) -> Result<Exchange, ProxyError> {
+    let stream = connect_tcp(endpoint, address, settings.connect_timeout).await?;
+    let local = stream.local_addr().ok();
+    let handshake = http1::Builder::new()
+        .handshake::<_, UpstreamBody>(TokioIo::new(stream))
+        .await;
+    let (mut sender, conn) = match handshake {
+        Ok(pair) => pair,
+        Err(error) => {
+            endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
+            return Err(ProxyError::ConnectFailure(innermost(&error)));
         }
-    }
-    endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// The body of a pooled exchange's response: hands its connection back to
-/// the pool when dropped after its end.
-#[derive(Debug)]
-pub struct PooledBody {
-    inner: Incoming,
-    ended: bool,
-    conn: Option<(PooledConn, Arc<EndpointStats>)>,
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.ended = true;
+    };
+    let stats = endpoint.clone();
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            tracing::debug!(%error, "upstream connection closed");
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+        stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok((response.map(|b| b.map_err(BoxError::from).boxed()), local))
 }
 
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Dropped before its end, the exchange is cut short: hyper closes
-        // the connection, which must not be reused.
-        if self.is_end_stream()
-            && let Some((conn, endpoint)) = self.conn.take()
-        {
-            endpoint.pool.checkin(conn);
-        }
-    }
-}
-
-/// A failed exchange: the backend's bytes were not HTTP (`UPE`), or the
-/// connection reset or closed (`UC`).
+/// A failed hyper exchange: the backend's bytes were not HTTP (`UPE`), or
+/// the connection reset or closed (`UC`).
 fn classify(error: &hyper::Error) -> ProxyError {
     if error.is_parse() || error.is_parse_status() || error.is_parse_too_large() {
         ProxyError::UpstreamProtocol(error.to_string())
@@ -323,10 +361,531 @@ pub fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
     source.to_string()
 }
 
+/// The connection reset or closed under the exchange (`UC`).
+fn reset(error: &std::io::Error) -> ProxyError {
+    ProxyError::UpstreamReset(error.to_string())
+}
+
+/// Writes the request and reads the response head.
+async fn exchange(
+    conn: &mut Conn,
+    parts: &Parts,
+    body: UpstreamBody,
+) -> Result<ResponseHead, ProxyError> {
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    let framing = encode_head(&mut out, parts, &body);
+    let written = match body {
+        UpstreamBody::Full(bytes) => {
+            let bytes = bytes.unwrap_or_default();
+            if bytes.len() <= INLINE_BODY {
+                out.extend_from_slice(&bytes);
+                conn.stream.write_all(&out).await
+            } else {
+                match conn.stream.write_all(&out).await {
+                    Ok(()) => conn.stream.write_all(&bytes).await,
+                    Err(error) => Err(error),
+                }
+            }
+            .map_err(|e| reset(&e))
+        }
+        UpstreamBody::Stream(stream) => {
+            let written = conn.stream.write_all(&out).await.map_err(|e| reset(&e));
+            match written {
+                Ok(()) => write_body(&mut conn.stream, stream, framing).await,
+                Err(error) => Err(error),
+            }
+        }
+    };
+    conn.out = out;
+    written?;
+    read_head(conn).await
+}
+
+/// How a request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    /// No body, or a known length.
+    Length,
+    Chunked,
+}
+
+/// The request line and headers, with framing headers of our own.
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &UpstreamBody) -> RequestFraming {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let length = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let framing = match length {
+        // Methods that usually carry a body say that this one is empty.
+        Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
+            RequestFraming::Length
+        }
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+            out.extend_from_slice(b"\r\n");
+            RequestFraming::Length
+        }
+        None => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            RequestFraming::Chunked
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// `n` in decimal, formatted into `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Streams the downstream body to the backend (chunked when its length is
+/// not known), with its trailers when chunked.
+async fn write_body(
+    stream: &mut TcpStream,
+    mut body: super::http::RequestBody,
+    framing: RequestFraming,
+) -> Result<(), ProxyError> {
+    let chunked = framing == RequestFraming::Chunked;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProxyError::DownstreamReset(e.to_string()))?;
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                let size = format!("{:x}\r\n", data.len());
+                let parts = [
+                    std::io::IoSlice::new(size.as_bytes()),
+                    std::io::IoSlice::new(&data),
+                    std::io::IoSlice::new(b"\r\n"),
+                ];
+                write_all_vectored(stream, &parts).await?;
+            }
+            Ok(data) => stream.write_all(&data).await.map_err(|e| reset(&e))?,
+            Err(frame) => {
+                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                    let mut last = b"0\r\n".to_vec();
+                    for (name, value) in &trailers {
+                        last.extend_from_slice(name.as_str().as_bytes());
+                        last.extend_from_slice(b": ");
+                        last.extend_from_slice(value.as_bytes());
+                        last.extend_from_slice(b"\r\n");
+                    }
+                    last.extend_from_slice(b"\r\n");
+                    return stream.write_all(&last).await.map_err(|e| reset(&e));
+                }
+            }
+        }
+    }
+    if chunked {
+        stream
+            .write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|e| reset(&e))?;
+    }
+    Ok(())
+}
+
+/// Writes every byte of `parts`.
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    parts: &[std::io::IoSlice<'_>],
+) -> Result<(), ProxyError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let written = stream.write_vectored(parts).await.map_err(|e| reset(&e))?;
+    if written < total {
+        // A short write: the rest, flattened.
+        let rest: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| p.iter().copied())
+            .skip(written)
+            .collect();
+        stream.write_all(&rest).await.map_err(|e| reset(&e))?;
+    }
+    Ok(())
+}
+
+/// A parsed response head.
+struct ResponseHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    /// Whether the connection may carry another request after this one.
+    keep_alive: bool,
+}
+
+/// The body framing of a response, and where its decoding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Ended (or never had a body).
+    Done,
+    /// This many bytes still to come.
+    Length(u64),
+    /// Chunked: at a chunk-size line.
+    ChunkSize,
+    /// Chunked: this many bytes of the current chunk still to come.
+    ChunkData(u64),
+    /// Chunked: the CRLF after a chunk's data.
+    ChunkEnd,
+    /// Chunked: the trailer section after the last chunk.
+    Trailers,
+    /// Until the backend closes the connection.
+    Close,
+}
+
+impl ResponseHead {
+    fn framing(&self, head_request: bool) -> Framing {
+        let status = self.status.as_u16();
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Framing::Done;
+        }
+        if let Some(codings) = self.headers.get(header::TRANSFER_ENCODING) {
+            // RFC 9112 6.3: chunked last, or read until close.
+            let chunked = codings
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            return if chunked {
+                Framing::ChunkSize
+            } else {
+                Framing::Close
+            };
+        }
+        match content_length(&self.headers) {
+            Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    }
+}
+
+/// The response's `content-length`, if it has one valid value.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    let n = std::str::from_utf8(first.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    values.all(|v| v == first).then_some(n)
+}
+
+/// Reads and parses the response head; informational answers (`100
+/// Continue`, `103`) are skipped.
+async fn read_head(conn: &mut Conn) -> Result<ResponseHead, ProxyError> {
+    loop {
+        if !conn.buf.is_empty()
+            && let Some(head) = parse_head(&mut conn.buf)?
+        {
+            let code = head.status.as_u16();
+            if (100..200).contains(&code) {
+                if code == 101 {
+                    return Err(ProxyError::UpstreamProtocol(
+                        "101 Switching Protocols to a request without an upgrade".to_owned(),
+                    ));
+                }
+                continue;
+            }
+            return Ok(head);
+        }
+        if conn.buf.len() >= MAX_HEAD {
+            return Err(ProxyError::UpstreamProtocol(
+                "response head too large".to_owned(),
+            ));
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(ProxyError::UpstreamReset(
+                    "connection closed before message completed".to_owned(),
+                ));
+            }
+            Ok(_) => {}
+            Err(error) => return Err(reset(&error)),
+        }
+    }
+}
+
+/// Parses a complete response head off the front of `buf` (`None`: not
+/// complete yet). The header values share the head's bytes.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(ProxyError::UpstreamProtocol(error.to_string())),
+    };
+    let code = response.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = response.headers.len();
+    for (range, h) in ranges.iter_mut().zip(response.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *range = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &ranges[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+        map.append(name, value);
+    }
+    let connection = |token: &[u8]| {
+        map.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => connection(b"keep-alive"),
+        _ => !connection(b"close"),
+    };
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers: map,
+        keep_alive,
+    }))
+}
+
+/// The body of a pooled exchange's response, read from its connection;
+/// the connection goes back to the pool when the body ends.
+#[derive(Debug)]
+pub struct PooledBody {
+    conn: Option<Conn>,
+    endpoint: Arc<EndpointStats>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl PooledBody {
+    /// Once the body ended, hands the connection back (or closes it).
+    fn end_if_done(&mut self) {
+        if self.framing == Framing::Done
+            && let Some(conn) = self.conn.take()
+        {
+            if self.keep_alive {
+                checkin(&self.endpoint, conn);
+            } else {
+                close(&self.endpoint, conn);
+            }
+        }
+    }
+
+    /// The next frame from what is buffered; `None`: more bytes needed.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ProxyError> {
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(None),
+                Framing::Length(left) | Framing::ChunkData(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(take).freeze();
+                    let rest = left - take as u64;
+                    self.framing = match (self.framing, rest) {
+                        (Framing::Length(_), 0) => Framing::Done,
+                        (Framing::Length(_), n) => Framing::Length(n),
+                        (_, 0) => Framing::ChunkEnd,
+                        (_, n) => Framing::ChunkData(n),
+                    };
+                    return Ok(Some(Frame::data(data)));
+                }
+                Framing::Close => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Frame::data(buf.split().freeze())));
+                }
+                Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((len, size))) => {
+                        buf.advance(len);
+                        self.framing = if size == 0 {
+                            Framing::Trailers
+                        } else {
+                            Framing::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+                    _ => {
+                        return Err(ProxyError::UpstreamProtocol(
+                            "invalid chunk size".to_owned(),
+                        ));
+                    }
+                },
+                Framing::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProxyError::UpstreamProtocol("invalid chunk end".to_owned()));
+                    }
+                    buf.advance(2);
+                    self.framing = Framing::ChunkSize;
+                }
+                Framing::Trailers => {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (len, trailers) = match httparse::parse_headers(buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, parsed))) => {
+                            let mut map = HeaderMap::with_capacity(parsed.len());
+                            for h in parsed.iter() {
+                                if let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(h.name.as_bytes()),
+                                    HeaderValue::from_bytes(h.value),
+                                ) {
+                                    map.append(name, value);
+                                }
+                            }
+                            (len, map)
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+                        _ => {
+                            return Err(ProxyError::UpstreamProtocol(
+                                "invalid trailers".to_owned(),
+                            ));
+                        }
+                    };
+                    buf.advance(len);
+                    self.framing = Framing::Done;
+                    if !trailers.is_empty() {
+                        return Ok(Some(Frame::trailers(trailers)));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(mut conn) = this.conn.take() else {
+                return Poll::Ready(None);
+            };
+            let decoded = this.decode(&mut conn.buf);
+            match decoded {
+                Ok(Some(frame)) => {
+                    this.conn = Some(conn);
+                    this.end_if_done();
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) if this.framing == Framing::Done => {
+                    this.conn = Some(conn);
+                    this.end_if_done();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    close(&this.endpoint, conn);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+            let filled = conn.poll_fill(cx);
+            match filled {
+                Poll::Pending => {
+                    this.conn = Some(conn);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) if this.framing == Framing::Close => {
+                    // The end of a body delimited by the connection's close.
+                    this.framing = Framing::Done;
+                    close(&this.endpoint, conn);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    close(&this.endpoint, conn);
+                    return Poll::Ready(Some(Err(
+                        "connection closed before the response body ended".into(),
+                    )));
+                }
+                Poll::Ready(Ok(_)) => this.conn = Some(conn),
+                Poll::Ready(Err(error)) => {
+                    close(&this.endpoint, conn);
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Dropped before its end, the exchange is cut short: the connection
+        // has part of a response in it and is closed.
+        if let Some(conn) = self.conn.take() {
+            close(&self.endpoint, conn);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicU64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -486,5 +1045,146 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 3);
         assert_eq!(endpoint.cx_total.load(Ordering::Relaxed), 3);
         assert_eq!(endpoint.pool.idle_len(), 1);
+    }
+
+    /// A backend that reads one request head (and `body` bytes after it)
+    /// and answers `reply`, then keeps the connection open until the
+    /// client closes it; what it read comes back on the channel.
+    async fn scripted(
+        reply: &'static [u8],
+        body: usize,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let head = seen.windows(4).position(|w| w == b"\r\n\r\n");
+                        if head.is_some_and(|end| seen.len() >= end + 4 + body) {
+                            break;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tx.send(seen);
+                    let _ = stream.write_all(reply).await;
+                    let _ = stream.read(&mut buf).await;
+                });
+            }
+        });
+        (address, rx)
+    }
+
+    async fn collect(response: Response<ProxyBody>) -> (Bytes, Option<HeaderMap>) {
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_decoded_with_their_trailers_and_reuse_the_connection() {
+        let (address, _) = scripted(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              3;ext=1\r\nabc\r\n5\r\ndefgh\r\n0\r\ngrpc-status: 0\r\n\r\n",
+            0,
+        )
+        .await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let (response, _) = send(&endpoint, address, SETTINGS, get()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let (body, trailers) = collect(response).await;
+        assert_eq!(body, "abcdefgh");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert_eq!(endpoint.pool.idle_len(), 1);
+    }
+
+    /// A backend that answers the first request with `reply` and closes.
+    async fn one_shot(reply: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(reply).await;
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_ends_with_the_connection() {
+        let address = one_shot(b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let (response, _) = send(&endpoint, address, SETTINGS, get()).await.unwrap();
+        assert_eq!(collect(response).await.0, "until close");
+        assert_eq!(endpoint.pool.idle_len(), 0);
+        assert_eq!(endpoint.cx_active.load(Ordering::Relaxed), 0);
+        // Cut short, a body with a length is an error.
+        let address = one_shot(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").await;
+        let (response, _) = send(&endpoint, address, SETTINGS, get()).await.unwrap();
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(endpoint.cx_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn head_answers_have_no_body_whatever_their_length() {
+        let (address, _) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n", 0).await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let mut request = get();
+        *request.method_mut() = Method::HEAD;
+        let (response, _) = send(&endpoint, address, SETTINGS, request).await.unwrap();
+        assert_eq!(response.headers()["content-length"], "42");
+        assert!(response.body().is_end_stream());
+        assert_eq!(collect(response).await.0, "");
+        assert_eq!(endpoint.pool.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_and_heads_keep_their_headers() {
+        let (address, mut seen) =
+            scripted(b"HTTP/1.1 204 No Content\r\nx-a: 1\r\nx-a: 2\r\n\r\n", 5).await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let mut request = Request::new(UpstreamBody::Full(Some(Bytes::from_static(b"hello"))));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/p?q=1".parse().unwrap();
+        request
+            .headers_mut()
+            .insert(header::HOST, "a".parse().unwrap());
+        // A stale framing header of the downstream request is not sent.
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, "999".parse().unwrap());
+        let (response, _) = send(&endpoint, address, SETTINGS, request).await.unwrap();
+        assert_eq!(response.status(), 204);
+        let values: Vec<_> = response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            "POST /p?q=1 HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_http_are_protocol_errors() {
+        let (address, _) = scripted(b"SSH-2.0-OpenSSH\r\n\r\n", 0).await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let error = send(&endpoint, address, SETTINGS, get()).await.unwrap_err();
+        assert!(
+            matches!(error, ProxyError::UpstreamProtocol(_)),
+            "{error:?}"
+        );
+        // A connection closed before an answer is a reset.
+        let closing = one_shot(b"").await;
+        let error = send(&endpoint, closing, SETTINGS, get()).await.unwrap_err();
+        assert!(matches!(error, ProxyError::UpstreamReset(_)), "{error:?}");
+        assert_eq!(endpoint.cx_active.load(Ordering::Relaxed), 0);
     }
 }

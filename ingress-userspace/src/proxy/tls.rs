@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::server::graceful::Watcher;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -22,7 +21,7 @@ use crate::snapshot::{ChainAction, ListenerKind};
 use crate::tls::names::{cipher_log_name, version_log_name};
 
 use super::access_log::AccessRecord;
-use super::{ConnInfo, Context, ListenerStats, TlsConnInfo, http, tcp};
+use super::{ConnInfo, Context, Graceful, ListenerStats, TlsConnInfo, tcp};
 
 /// Envoy's `tls_inspector` gives up after 15 s; a ClientHello is one packet.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,7 +52,7 @@ pub async fn serve(
     mut conn: ConnInfo,
     mut stream: TcpStream,
     stats: Arc<ListenerStats>,
-    http: Watcher,
+    http: Graceful,
 ) {
     let hello = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut stream)).await;
     let (buffered, sni) = match hello {
@@ -151,7 +150,7 @@ pub async fn serve(
     match &chain.action {
         ChainAction::Http { .. } => {
             drop(snapshot);
-            http::serve_connection(ctx, conn, stats, tls_stream, http).await;
+            super::h1::serve_connection(ctx, conn, stats, tls_stream, http).await;
         }
         ChainAction::Tcp { proxy, .. } => {
             tcp::relay(&ctx, &snapshot, proxy.as_ref(), &conn, tls_stream, &[]).await;
@@ -207,14 +206,14 @@ async fn read_client_hello(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Optio
 }
 
 /// A stream that first yields bytes already read from it.
-struct Rewind<S> {
+pub(super) struct Rewind<S> {
     prefix: Vec<u8>,
     position: usize,
     inner: S,
 }
 
 impl<S> Rewind<S> {
-    fn new(prefix: Vec<u8>, inner: S) -> Self {
+    pub(super) fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
             prefix,
             position: 0,

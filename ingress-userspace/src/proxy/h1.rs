@@ -1,0 +1,520 @@
+//! Data path, downstream HTTP/1.1: the connection loop of the gateway's
+//! HTTP listeners (plain and TLS-terminated).
+//!
+//! Requests without a body are read with httparse, routed and forwarded in
+//! the connection's own task, and their responses written straight to the
+//! socket: one read and one write per request, and with the upstream side
+//! of `pool.rs` no other task and no channel on the way. Everything else
+//! the connection may carry (a request with a body, `Expect`, an upgrade,
+//! HTTP/2's preface, bytes that are not HTTP/1.x, an oversized head) hands
+//! the connection, with the bytes read so far, to hyper's server for the
+//! rest of its life. hyper then answers as it did before this path existed.
+//!
+//! Keep-alive as HTTP/1.1 defines it (`Connection: close`, HTTP/1.0
+//! `keep-alive`), pipelined requests answered in order, responses framed by
+//! their `content-length`, their body's known length or chunked (HTTP/1.0:
+//! until close), a `date` header when the response has none. A connection
+//! waits at most [`IDLE_TIMEOUT`] for the next request and
+//! [`HEAD_TIMEOUT`] for the rest of a head once it started; a drain closes
+//! idle connections and answers in-flight requests with `connection: close`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::http::{ResponseBody, serve};
+use super::{ConnInfo, Context, Graceful, ListenerStats};
+
+/// How long a kept-alive connection may wait for its next request
+/// (Envoy's default downstream idle timeout).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long the rest of a request head may take once its first bytes came.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heads larger than this go to hyper (which answers 431 past its limit).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most request headers taken here; more go to hyper.
+const MAX_HEADERS: usize = 100;
+/// Response bytes gathered before a write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How much the read buffer grows by.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// A request read from the connection, or why the connection goes on
+/// elsewhere. Not boxed: it lives for a moment on the way to `serve`, and a
+/// box would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request(Request<Option<hyper::body::Incoming>>),
+    /// The head is not complete yet.
+    Partial,
+    /// hyper takes the connection from here.
+    Hyper,
+    /// Closed, timed out, drained or unreadable: nothing more to do.
+    Close,
+}
+
+/// Serves one downstream connection until it closes, handing it to hyper
+/// when it carries something this path does not take.
+pub async fn serve_connection<I>(
+    ctx: Arc<Context>,
+    conn: ConnInfo,
+    stats: Arc<ListenerStats>,
+    mut io: I,
+    graceful: Graceful,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut waiting = Waiting::new(graceful.stop.clone());
+    loop {
+        let request = match read_request(&mut io, &mut buf, &mut waiting).await {
+            Parsed::Request(request) => request,
+            Parsed::Hyper => {
+                let prefix = buf.to_vec();
+                drop(buf);
+                let io = super::tls::Rewind::new(prefix, io);
+                super::http::serve_hyper(ctx, conn, stats, io, graceful.watcher).await;
+                return;
+            }
+            Parsed::Close | Parsed::Partial => return,
+        };
+        let version = request.version();
+        let head_request = request.method() == Method::HEAD;
+        let keep_alive = wants_keep_alive(version, request.headers());
+        let Ok(response) = serve(ctx.clone(), conn.clone(), stats.clone(), request).await;
+        let keep_alive = keep_alive && !waiting.draining();
+        match write_response(
+            &mut io,
+            &mut out,
+            response,
+            version,
+            keep_alive,
+            head_request,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                let _ = io.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the client asked to keep the connection after this request.
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &[u8]| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    match version {
+        Version::HTTP_10 => has(b"keep-alive"),
+        _ => !has(b"close"),
+    }
+}
+
+/// The waits of a connection between requests: its timer and the drain
+/// signal, both set up once per connection.
+struct Waiting {
+    /// Resolves when the listener drains.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: bool,
+    /// Armed at the earliest deadline; re-armed when it fires early.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the wait for the current request started, and when its first
+    /// bytes came.
+    since: Instant,
+    head_started: Option<Instant>,
+}
+
+impl Waiting {
+    fn new(mut stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            stop: Box::pin(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            }),
+            stopped: false,
+            timer: None,
+            since: Instant::now(),
+            head_started: None,
+        }
+    }
+
+    fn draining(&mut self) -> bool {
+        if !self.stopped {
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            self.stopped = self.stop.as_mut().poll(&mut cx).is_ready();
+        }
+        self.stopped
+    }
+
+    fn deadline(&self) -> Instant {
+        match self.head_started {
+            Some(started) => started + HEAD_TIMEOUT,
+            None => self.since + IDLE_TIMEOUT,
+        }
+    }
+
+    /// Ready when the connection should close instead of reading on:
+    /// drained while idle, or past its deadline.
+    fn poll_expired(&mut self, cx: &mut TaskContext<'_>, idle: bool) -> Poll<()> {
+        if !self.stopped && self.stop.as_mut().poll(cx).is_ready() {
+            self.stopped = true;
+        }
+        if self.stopped && idle {
+            return Poll::Ready(());
+        }
+        loop {
+            let deadline = self.deadline();
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            if timer.deadline() > deadline.into() {
+                timer.as_mut().reset(deadline.into());
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline.into());
+        }
+    }
+}
+
+/// Reads the next request head: a request without a body, or the reason
+/// the connection goes to hyper or closes (never `Partial`).
+async fn read_request<I>(io: &mut I, buf: &mut BytesMut, waiting: &mut Waiting) -> Parsed
+where
+    I: AsyncRead + Unpin,
+{
+    waiting.since = Instant::now();
+    waiting.head_started = None;
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf) {
+                Parsed::Partial if buf.len() >= MAX_HEAD => return Parsed::Hyper,
+                Parsed::Partial => {
+                    waiting.head_started.get_or_insert_with(Instant::now);
+                }
+                done => return done,
+            }
+        }
+        let idle = buf.is_empty();
+        let read = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = poll_read_buf(io, buf, cx) {
+                return Poll::Ready(Some(result));
+            }
+            waiting.poll_expired(cx, idle).map(|()| None)
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => {}
+            // EOF, an error, a timeout or a drain while idle.
+            _ => return Parsed::Close,
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`'s spare capacity.
+fn poll_read_buf<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut TaskContext<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
+    match Pin::new(io).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: `poll_read` initialised the first `n` bytes of the
+            // spare capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Parses a complete head off the front of `buf` into a request without a
+/// body; anything this path does not take is left in `buf` for hyper.
+fn parse_request(buf: &mut BytesMut) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Not HTTP/1.x (HTTP/2's preface, garbage) or too many headers:
+        // hyper answers or takes it.
+        Err(_) => return Parsed::Hyper,
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (range, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
+        let name = h.name.as_bytes();
+        let body_or_upgrade = name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+            || (name.eq_ignore_ascii_case(b"content-length") && h.value.trim_ascii() != b"0");
+        if body_or_upgrade {
+            return Parsed::Hyper;
+        }
+        let (n, v) = (offset(name), offset(h.value));
+        *range = (n, n + name.len(), v, v + h.value.len());
+    }
+    let Some(method) = parsed
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
+        return Parsed::Hyper;
+    };
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let path = parsed.path.unwrap_or("/");
+    let path_range = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_range)) else {
+        buf.unsplit_head(head);
+        return Parsed::Hyper;
+    };
+    let mut map = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &ranges[..count] {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[ns..ne]),
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)),
+        ) else {
+            buf.unsplit_head(head);
+            return Parsed::Hyper;
+        };
+        map.append(name, value);
+    }
+    let mut request = Request::new(None);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = map;
+    Parsed::Request(request)
+}
+
+/// Puts a head taken off the front of a buffer back, for hyper.
+trait UnsplitHead {
+    fn unsplit_head(&mut self, head: Bytes);
+}
+
+impl UnsplitHead for BytesMut {
+    fn unsplit_head(&mut self, head: Bytes) {
+        let mut whole = BytesMut::with_capacity(head.len() + self.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(self);
+        *self = whole;
+    }
+}
+
+/// How a response body is framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body on the wire (HEAD, 1xx, 204, 304).
+    None,
+    /// `content-length`.
+    Length,
+    Chunked,
+    /// HTTP/1.0 without a length: the close ends it.
+    Close,
+}
+
+/// Writes `response`; `Ok(true)` when the connection stays open for the
+/// next request.
+async fn write_response<I>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    version: Version,
+    mut keep_alive: bool,
+    head_request: bool,
+) -> std::io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    out.clear();
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_length = false;
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_length |= name == header::CONTENT_LENGTH;
+        has_date |= name == header::DATE;
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if has_length {
+        if no_body {
+            Framing::None
+        } else {
+            Framing::Length
+        }
+    } else if no_body {
+        if head_request && let Some(n) = body.size_hint().exact() {
+            put_length(out, n);
+        }
+        Framing::None
+    } else if let Some(n) = body.size_hint().exact() {
+        put_length(out, n);
+        Framing::Length
+    } else if version == Version::HTTP_11 {
+        put_header(out, b"transfer-encoding", b"chunked");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    if !has_date {
+        DATE.with(|date| put_header(out, b"date", date.borrow_mut().now()));
+    }
+    if !keep_alive {
+        put_header(out, b"connection", b"close");
+    } else if version == Version::HTTP_10 {
+        put_header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None {
+        // The body is not sent; dropping it finishes the request.
+        drop(body);
+        io.write_all(out).await?;
+        io.flush().await?;
+        return Ok(keep_alive);
+    }
+    let mut body = Pin::new(&mut body);
+    // Whether the last chunk went out (with the trailers).
+    let mut ended = false;
+    loop {
+        // Frames ready now join the batch; a write waits for the next one.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    io.flush().await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(error)) => return Err(std::io::Error::other(error)),
+            Some(Ok(frame)) => ended |= put_frame(out, frame, framing),
+        }
+        if out.len() >= WRITE_BATCH {
+            io.write_all(out).await?;
+            out.clear();
+        }
+    }
+    if framing == Framing::Chunked && !ended {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    io.write_all(out).await?;
+    io.flush().await?;
+    Ok(keep_alive && framing != Framing::Close)
+}
+
+/// Adds one body frame to `out`, framed as `framing` says; true when it
+/// wrote the last chunk (trailers end a chunked body).
+fn put_frame(out: &mut Vec<u8>, frame: Frame<Bytes>, framing: Framing) -> bool {
+    match frame.into_data() {
+        Ok(data) if data.is_empty() => false,
+        Ok(data) if framing == Framing::Chunked => {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+            false
+        }
+        Ok(data) => {
+            out.extend_from_slice(&data);
+            false
+        }
+        Err(frame) => match (framing, frame.into_trailers()) {
+            (Framing::Chunked, Ok(trailers)) => {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in &trailers {
+                    put_header(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                true
+            }
+            // Trailers cannot travel in a body framed by its length.
+            _ => false,
+        },
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = itoa::Buffer::new();
+    put_header(out, b"content-length", digits.format(n).as_bytes());
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = RefCell::new(CachedDate::default());
+}
+
+/// The `date` header value, formatted once a second.
+#[derive(Default)]
+struct CachedDate {
+    second: u64,
+    value: Vec<u8>,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.value.is_empty() {
+            self.second = second;
+            self.value = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.value
+    }
+}
