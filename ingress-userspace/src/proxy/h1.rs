@@ -518,3 +518,87 @@ impl CachedDate {
         &self.value
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse_request(&mut buf), buf)
+    }
+
+    #[test]
+    fn requests_without_a_body_are_taken_here() {
+        let (parsed, rest) =
+            parse(b"GET http://a.example/p?q=1 HTTP/1.0\r\nHost: b\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 0\r\n\r\nNEXT");
+        let Parsed::Request(request) = parsed else {
+            panic!("not taken");
+        };
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.version(), Version::HTTP_10);
+        assert_eq!(request.uri().authority().unwrap(), "a.example");
+        assert_eq!(request.uri().path_and_query().unwrap(), "/p?q=1");
+        let values: Vec<_> = request.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        // A pipelined request stays in the buffer.
+        assert_eq!(&rest[..], b"NEXT");
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper_untouched() {
+        let cases: [&[u8]; 8] = [
+            b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 9\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ];
+        for case in cases {
+            let (parsed, rest) = parse(case);
+            assert!(
+                matches!(parsed, Parsed::Hyper),
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
+            assert_eq!(&rest[..], case, "the bytes stay for hyper");
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&many).0, Parsed::Hyper));
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        for cut in [1, 5, 15, 20, 29] {
+            let full = b"GET /abc HTTP/1.1\r\nhost: a\r\n\r\n";
+            let (parsed, rest) = parse(&full[..cut]);
+            assert!(matches!(parsed, Parsed::Partial), "cut at {cut}");
+            assert_eq!(rest.len(), cut);
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        let headers = |v: &str| {
+            let mut map = HeaderMap::new();
+            if !v.is_empty() {
+                map.insert(header::CONNECTION, v.parse().unwrap());
+            }
+            map
+        };
+        assert!(wants_keep_alive(Version::HTTP_11, &headers("")));
+        assert!(!wants_keep_alive(
+            Version::HTTP_11,
+            &headers("x-foo, Close")
+        ));
+        assert!(!wants_keep_alive(Version::HTTP_10, &headers("")));
+        assert!(wants_keep_alive(Version::HTTP_10, &headers("Keep-Alive")));
+    }
+}
