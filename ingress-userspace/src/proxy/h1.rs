@@ -20,10 +20,11 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,7 +33,7 @@ use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::http::{ResponseBody, serve};
-use super::{ConnInfo, Context, Graceful, ListenerStats};
+use super::{ConnInfo, Context, Graceful, ListenerStats, clock};
 
 /// How long a kept-alive connection may wait for its next request
 /// (Envoy's default downstream idle timeout).
@@ -129,17 +130,18 @@ fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 /// The waits of a connection between requests: its timer and the drain
-/// signal, both set up once per connection.
+/// signal, both set up once per connection. Deadlines are kept on the
+/// coarse clock; the timer is armed once and re-armed only when it fires
+/// before the deadline moved past it.
 struct Waiting {
     /// Resolves when the listener drains.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopped: bool,
-    /// Armed at the earliest deadline; re-armed when it fires early.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the wait for the current request started, and when its first
-    /// bytes came.
-    since: Instant,
-    head_started: Option<Instant>,
+    /// bytes came ([`clock::coarse_ms`]).
+    since_ms: u64,
+    head_started_ms: Option<u64>,
 }
 
 impl Waiting {
@@ -150,8 +152,28 @@ impl Waiting {
             }),
             stopped: false,
             timer: None,
-            since: Instant::now(),
-            head_started: None,
+            since_ms: clock::coarse_ms(),
+            head_started_ms: None,
+        }
+    }
+
+    /// A new request is awaited.
+    fn next_request(&mut self) {
+        self.since_ms = clock::coarse_ms();
+        self.head_started_ms = None;
+    }
+
+    /// The first bytes of a head came: the rest has [`HEAD_TIMEOUT`].
+    fn head_started(&mut self) {
+        if self.head_started_ms.is_some() {
+            return;
+        }
+        self.head_started_ms = Some(clock::coarse_ms());
+        if let Some(timer) = &mut self.timer {
+            let at = tokio::time::Instant::now() + HEAD_TIMEOUT;
+            if timer.deadline() > at {
+                timer.as_mut().reset(at);
+            }
         }
     }
 
@@ -163,10 +185,10 @@ impl Waiting {
         self.stopped
     }
 
-    fn deadline(&self) -> Instant {
-        match self.head_started {
-            Some(started) => started + HEAD_TIMEOUT,
-            None => self.since + IDLE_TIMEOUT,
+    fn deadline_ms(&self) -> u64 {
+        match self.head_started_ms {
+            Some(started) => started + HEAD_TIMEOUT.as_millis() as u64,
+            None => self.since_ms + IDLE_TIMEOUT.as_millis() as u64,
         }
     }
 
@@ -180,20 +202,21 @@ impl Waiting {
             return Poll::Ready(());
         }
         loop {
-            let deadline = self.deadline();
-            let timer = self
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-            if timer.deadline() > deadline.into() {
-                timer.as_mut().reset(deadline.into());
-            }
+            let deadline = self.deadline_ms();
+            let in_ms = |now: u64| {
+                tokio::time::Instant::now() + Duration::from_millis(deadline.saturating_sub(now))
+            };
+            let timer = self.timer.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(in_ms(clock::coarse_ms())))
+            });
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if Instant::now() >= deadline {
+            let now = clock::coarse_ms();
+            if now >= deadline {
                 return Poll::Ready(());
             }
-            timer.as_mut().reset(deadline.into());
+            timer.as_mut().reset(in_ms(now));
         }
     }
 }
@@ -204,15 +227,12 @@ async fn read_request<I>(io: &mut I, buf: &mut BytesMut, waiting: &mut Waiting) 
 where
     I: AsyncRead + Unpin,
 {
-    waiting.since = Instant::now();
-    waiting.head_started = None;
+    waiting.next_request();
     loop {
         if !buf.is_empty() {
             match parse_request(buf) {
                 Parsed::Partial if buf.len() >= MAX_HEAD => return Parsed::Hyper,
-                Parsed::Partial => {
-                    waiting.head_started.get_or_insert_with(Instant::now);
-                }
+                Parsed::Partial => waiting.head_started(),
                 done => return done,
             }
         }
@@ -258,9 +278,9 @@ fn poll_read_buf<I: AsyncRead + Unpin>(
 /// Parses a complete head off the front of `buf` into a request without a
 /// body; anything this path does not take is left in `buf` for hyper.
 fn parse_request(buf: &mut BytesMut) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         // Not HTTP/1.x (HTTP/2's preface, garbage) or too many headers:
@@ -269,9 +289,8 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     };
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (range, h) in ranges.iter_mut().zip(parsed.headers.iter()) {
+    let mut ranges = HeaderRanges::new();
+    for h in parsed.headers.iter() {
         let name = h.name.as_bytes();
         let body_or_upgrade = name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"upgrade")
@@ -281,7 +300,7 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
             return Parsed::Hyper;
         }
         let (n, v) = (offset(name), offset(h.value));
-        *range = (n, n + name.len(), v, v + h.value.len());
+        ranges.push((n, n + name.len(), v, v + h.value.len()));
     }
     let Some(method) = parsed
         .method
@@ -300,8 +319,8 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
         buf.unsplit_head(head);
         return Parsed::Hyper;
     };
-    let mut map = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &ranges[..count] {
+    let mut map = HeaderMap::with_capacity(ranges.len());
+    for &(ns, ne, vs, ve) in &ranges {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[ns..ne]),
             HeaderValue::from_maybe_shared(head.slice(vs..ve)),
@@ -318,6 +337,10 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     *request.headers_mut() = map;
     Parsed::Request(request)
 }
+
+/// Where each header's name and value sit in a head: start and end of the
+/// name, then of the value. Inline up to the usual count of headers.
+pub(super) type HeaderRanges = smallvec::SmallVec<[(usize, usize, usize, usize); 24]>;
 
 /// Puts a head taken off the front of a buffer back, for hyper.
 trait UnsplitHead {
@@ -507,12 +530,10 @@ struct CachedDate {
 
 impl CachedDate {
     fn now(&mut self) -> &[u8] {
-        let now = SystemTime::now();
-        let second = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = clock::coarse_unix_secs();
         if second != self.second || self.value.is_empty() {
             self.second = second;
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
             self.value = httpdate::fmt_http_date(now).into_bytes();
         }
         &self.value

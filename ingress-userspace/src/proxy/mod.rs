@@ -6,6 +6,7 @@
 //! a status, a response flag and a body in exactly one place.
 
 pub mod access_log;
+pub mod clock;
 pub mod forward;
 pub mod grpc;
 pub mod h1;

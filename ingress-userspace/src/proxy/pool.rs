@@ -19,12 +19,13 @@
 //! WebSocket upgrades go over a connection of their own, driven by hyper,
 //! whose upgrade hands the socket to the tunnel.
 
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,10 +38,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::ProxyError;
 use super::forward::UpstreamBody;
+use super::h1::HeaderRanges;
 use super::http::{BoxError, ProxyBody};
 use super::upstream::EndpointStats;
+use super::{ProxyError, clock};
 
 /// How long a connection may stay idle when the DestinationRule sets no
 /// `idleTimeout`.
@@ -61,7 +63,10 @@ const INLINE_BODY: usize = 16 * 1024;
 /// The idle connections of one endpoint.
 #[derive(Debug, Default)]
 pub struct EndpointPool {
-    idle: Mutex<Vec<Conn>>,
+    // Boxed: a connection taken from the stack and handed to a response
+    // body moves as a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Conn>>>,
     /// Whether a reaper task watches `idle` (set and cleared under its lock).
     reaping: AtomicBool,
 }
@@ -79,14 +84,14 @@ struct Conn {
     /// Requests sent on it, and how many it may carry.
     requests: u32,
     max_requests: Option<u32>,
-    idle_timeout: Duration,
-    /// When it last went idle.
-    idle_since: Instant,
+    idle_timeout_ms: u64,
+    /// When it last went idle ([`clock::coarse_ms`]).
+    idle_since_ms: u64,
 }
 
 impl Conn {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.idle_since) >= self.idle_timeout
+    fn expired(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.idle_since_ms) >= self.idle_timeout_ms
     }
 
     /// Whether the backend closed the idle connection or sent something
@@ -128,14 +133,14 @@ impl Conn {
 }
 
 /// A connection going away: counted out of the endpoint's active ones.
-fn close(endpoint: &EndpointStats, conn: Conn) {
+fn close(endpoint: &EndpointStats, conn: Box<Conn>) {
     drop(conn);
     endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The most recently returned idle connection that is still usable.
-fn checkout(endpoint: &EndpointStats) -> Option<Conn> {
-    let now = Instant::now();
+fn checkout(endpoint: &EndpointStats) -> Option<Box<Conn>> {
+    let now = clock::coarse_ms();
     let mut idle = endpoint
         .pool
         .idle
@@ -153,13 +158,13 @@ fn checkout(endpoint: &EndpointStats) -> Option<Conn> {
 
 /// Puts a connection whose exchange ended back on the stack, or closes it
 /// when it may not carry another request.
-fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Conn) {
+fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Box<Conn>) {
     if !conn.reusable() {
         close(endpoint, conn);
         return;
     }
-    conn.idle_since = Instant::now();
-    let tick = conn.idle_timeout.min(REAP_INTERVAL);
+    conn.idle_since_ms = clock::coarse_ms();
+    let tick = Duration::from_millis(conn.idle_timeout_ms).min(REAP_INTERVAL);
     let mut idle = endpoint
         .pool
         .idle
@@ -183,7 +188,7 @@ async fn reap(endpoint: Weak<EndpointStats>, tick: Duration) {
         let Some(endpoint) = endpoint.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        let now = clock::coarse_ms();
         let mut idle = endpoint
             .pool
             .idle
@@ -294,18 +299,18 @@ async fn connect(
     endpoint: &EndpointStats,
     address: SocketAddr,
     settings: ConnSettings,
-) -> Result<Conn, ProxyError> {
+) -> Result<Box<Conn>, ProxyError> {
     let stream = connect_tcp(endpoint, address, settings.connect_timeout).await?;
-    Ok(Conn {
+    Ok(Box::new(Conn {
         local: stream.local_addr().ok(),
         stream,
         buf: BytesMut::new(),
         out: Vec::new(),
         requests: 0,
         max_requests: settings.max_requests,
-        idle_timeout: settings.idle_timeout,
-        idle_since: Instant::now(),
-    })
+        idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
+        idle_since_ms: clock::coarse_ms(),
+    }))
 }
 
 /// A WebSocket upgrade on a connection of its own: hyper drives it and
@@ -639,9 +644,14 @@ async fn read_head(conn: &mut Conn) -> Result<ResponseHead, ProxyError> {
 /// Parses a complete response head off the front of `buf` (`None`: not
 /// complete yet). The header values share the head's bytes.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(ProxyError::UpstreamProtocol(error.to_string())),
@@ -655,16 +665,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
         Version::HTTP_11
     };
     let base = buf.as_ptr() as usize;
-    let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = response.headers.len();
-    for (range, h) in ranges.iter_mut().zip(response.headers.iter()) {
+    let mut ranges = HeaderRanges::new();
+    for h in response.headers.iter() {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
-        *range = (name, name + h.name.len(), value, value + h.value.len());
+        ranges.push((name, name + h.name.len(), value, value + h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &ranges[..count] {
+    let mut map = HeaderMap::with_capacity(ranges.len());
+    for &(ns, ne, vs, ve) in &ranges {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
@@ -694,7 +703,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
 /// the connection goes back to the pool when the body ends.
 #[derive(Debug)]
 pub struct PooledBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     endpoint: Arc<EndpointStats>,
     framing: Framing,
     keep_alive: bool,
@@ -714,87 +723,93 @@ impl PooledBody {
         }
     }
 
-    /// The next frame from what is buffered; `None`: more bytes needed.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ProxyError> {
-        loop {
-            match self.framing {
-                Framing::Done => return Ok(None),
-                Framing::Length(left) | Framing::ChunkData(left) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = (buf.len() as u64).min(left) as usize;
-                    let data = buf.split_to(take).freeze();
-                    let rest = left - take as u64;
-                    self.framing = match (self.framing, rest) {
-                        (Framing::Length(_), 0) => Framing::Done,
-                        (Framing::Length(_), n) => Framing::Length(n),
-                        (_, 0) => Framing::ChunkEnd,
-                        (_, n) => Framing::ChunkData(n),
+    /// Closes the connection under a body that cannot go on.
+    fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(&self.endpoint, conn);
+        }
+    }
+}
+
+/// The next frame of a body framed as `framing` from what is buffered;
+/// `None`: more bytes needed.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ProxyError> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(None),
+            Framing::Length(left) | Framing::ChunkData(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                let data = buf.split_to(take).freeze();
+                let rest = left - take as u64;
+                *framing = match (*framing, rest) {
+                    (Framing::Length(_), 0) => Framing::Done,
+                    (Framing::Length(_), n) => Framing::Length(n),
+                    (_, 0) => Framing::ChunkEnd,
+                    (_, n) => Framing::ChunkData(n),
+                };
+                return Ok(Some(Frame::data(data)));
+            }
+            Framing::Close => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(Frame::data(buf.split().freeze())));
+            }
+            Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((len, size))) => {
+                    buf.advance(len);
+                    *framing = if size == 0 {
+                        Framing::Trailers
+                    } else {
+                        Framing::ChunkData(size)
                     };
-                    return Ok(Some(Frame::data(data)));
                 }
-                Framing::Close => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Frame::data(buf.split().freeze())));
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+                _ => {
+                    return Err(ProxyError::UpstreamProtocol(
+                        "invalid chunk size".to_owned(),
+                    ));
                 }
-                Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((len, size))) => {
-                        buf.advance(len);
-                        self.framing = if size == 0 {
-                            Framing::Trailers
-                        } else {
-                            Framing::ChunkData(size)
-                        };
+            },
+            Framing::ChunkEnd => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(ProxyError::UpstreamProtocol("invalid chunk end".to_owned()));
+                }
+                buf.advance(2);
+                *framing = Framing::ChunkSize;
+            }
+            Framing::Trailers => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (len, trailers) = match httparse::parse_headers(buf, &mut headers) {
+                    Ok(httparse::Status::Complete((len, parsed))) => {
+                        let mut map = HeaderMap::with_capacity(parsed.len());
+                        for h in parsed.iter() {
+                            if let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(h.name.as_bytes()),
+                                HeaderValue::from_bytes(h.value),
+                            ) {
+                                map.append(name, value);
+                            }
+                        }
+                        (len, map)
                     }
                     Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
                     _ => {
-                        return Err(ProxyError::UpstreamProtocol(
-                            "invalid chunk size".to_owned(),
-                        ));
+                        return Err(ProxyError::UpstreamProtocol("invalid trailers".to_owned()));
                     }
-                },
-                Framing::ChunkEnd => {
-                    if buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(ProxyError::UpstreamProtocol("invalid chunk end".to_owned()));
-                    }
-                    buf.advance(2);
-                    self.framing = Framing::ChunkSize;
+                };
+                buf.advance(len);
+                *framing = Framing::Done;
+                if !trailers.is_empty() {
+                    return Ok(Some(Frame::trailers(trailers)));
                 }
-                Framing::Trailers => {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let (len, trailers) = match httparse::parse_headers(buf, &mut headers) {
-                        Ok(httparse::Status::Complete((len, parsed))) => {
-                            let mut map = HeaderMap::with_capacity(parsed.len());
-                            for h in parsed.iter() {
-                                if let (Ok(name), Ok(value)) = (
-                                    HeaderName::from_bytes(h.name.as_bytes()),
-                                    HeaderValue::from_bytes(h.value),
-                                ) {
-                                    map.append(name, value);
-                                }
-                            }
-                            (len, map)
-                        }
-                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
-                        _ => {
-                            return Err(ProxyError::UpstreamProtocol(
-                                "invalid trailers".to_owned(),
-                            ));
-                        }
-                    };
-                    buf.advance(len);
-                    self.framing = Framing::Done;
-                    if !trailers.is_empty() {
-                        return Ok(Some(Frame::trailers(trailers)));
-                    }
-                    return Ok(None);
-                }
+                return Ok(None);
             }
         }
     }
@@ -810,48 +825,40 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let Some(mut conn) = this.conn.take() else {
+            let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let decoded = this.decode(&mut conn.buf);
-            match decoded {
+            match decode(&mut this.framing, &mut conn.buf) {
                 Ok(Some(frame)) => {
-                    this.conn = Some(conn);
                     this.end_if_done();
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 Ok(None) if this.framing == Framing::Done => {
-                    this.conn = Some(conn);
                     this.end_if_done();
                     return Poll::Ready(None);
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    close(&this.endpoint, conn);
+                    this.close();
                     return Poll::Ready(Some(Err(error.into())));
                 }
             }
-            let filled = conn.poll_fill(cx);
-            match filled {
-                Poll::Pending => {
-                    this.conn = Some(conn);
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(0)) if this.framing == Framing::Close => {
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::Close => {
                     // The end of a body delimited by the connection's close.
                     this.framing = Framing::Done;
-                    close(&this.endpoint, conn);
+                    this.close();
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(0)) => {
-                    close(&this.endpoint, conn);
+                Ok(0) => {
+                    this.close();
                     return Poll::Ready(Some(Err(
                         "connection closed before the response body ended".into(),
                     )));
                 }
-                Poll::Ready(Ok(_)) => this.conn = Some(conn),
-                Poll::Ready(Err(error)) => {
-                    close(&this.endpoint, conn);
+                Ok(_) => {}
+                Err(error) => {
+                    this.close();
                     return Poll::Ready(Some(Err(error.into())));
                 }
             }

@@ -9,8 +9,8 @@ use rustc_hash::FxHashMap as HashMap;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -99,14 +99,10 @@ pub enum TryOutcome {
     LocalFailure,
 }
 
-/// The process-wide clock origin for ejection deadlines.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
+/// The clock of ejection deadlines: looked at for every endpoint a request
+/// may pick, so the coarse one.
 pub(super) fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    super::clock::coarse_ms()
 }
 
 /// Envoy's `max_ejection_time` default.
