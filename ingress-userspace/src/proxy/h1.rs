@@ -48,6 +48,8 @@ const MAX_HEADERS: usize = 100;
 const WRITE_BATCH: usize = 64 * 1024;
 /// How much the read buffer grows by.
 const READ_CHUNK: usize = 4 * 1024;
+/// The response batch keeps up to this much capacity between requests.
+const KEEP_BUFFER: usize = 16 * 1024;
 
 /// A request read from the connection, or why the connection goes on
 /// elsewhere. Not boxed: it lives for a moment on the way to `serve`, and a
@@ -105,7 +107,11 @@ pub async fn serve_connection<I>(
         )
         .await
         {
-            Ok(true) => {}
+            Ok(true) => {
+                // A large response grew the batch: not kept between requests.
+                out.clear();
+                out.shrink_to(KEEP_BUFFER);
+            }
             Ok(false) | Err(_) => {
                 let _ = io.shutdown().await;
                 return;

@@ -55,8 +55,11 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_HEAD: usize = 64 * 1024;
 /// Most response headers accepted (hyper's default).
 const MAX_HEADERS: usize = 100;
-/// How much the read buffer grows by when it is full.
+/// How much the read buffer grows by when it is full: a head, or a body.
 const READ_CHUNK: usize = 8 * 1024;
+const BODY_CHUNK: usize = 32 * 1024;
+/// An idle connection keeps a read buffer up to this size.
+const KEEP_BUFFER: usize = 16 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -112,10 +115,15 @@ impl Conn {
         self.buf.is_empty() && self.max_requests.is_none_or(|max| self.requests < max)
     }
 
-    /// Reads more bytes into `buf`; `Ok(0)` is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
+    /// Reads more bytes into `buf`, growing it by `chunk` when less than
+    /// half of that is free; `Ok(0)` is the end of the stream.
+    fn poll_fill(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        chunk: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < chunk / 2 {
+            self.buf.reserve(chunk);
         }
         let spare = self.buf.spare_capacity_mut();
         let mut read = ReadBuf::uninit(spare);
@@ -128,7 +136,7 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+        std::future::poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await
     }
 }
 
@@ -164,6 +172,10 @@ fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Box<Conn>) {
         return;
     }
     conn.idle_since_ms = clock::coarse_ms();
+    if conn.buf.capacity() > KEEP_BUFFER {
+        // Grown by a large body: not kept while idle.
+        conn.buf = BytesMut::new();
+    }
     let tick = Duration::from_millis(conn.idle_timeout_ms).min(REAP_INTERVAL);
     let mut idle = endpoint
         .pool
@@ -843,7 +855,7 @@ impl Body for PooledBody {
                     return Poll::Ready(Some(Err(error.into())));
                 }
             }
-            match ready!(conn.poll_fill(cx)) {
+            match ready!(conn.poll_fill(cx, BODY_CHUNK)) {
                 Ok(0) if this.framing == Framing::Close => {
                     // The end of a body delimited by the connection's close.
                     this.framing = Framing::Done;
