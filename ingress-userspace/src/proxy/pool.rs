@@ -90,6 +90,9 @@ struct Conn {
     idle_timeout_ms: u64,
     /// When it last went idle ([`clock::coarse_ms`]).
     idle_since_ms: u64,
+    /// Whose `cx_active` counts it (weak: idle connections live in the
+    /// endpoint's own pool).
+    endpoint: Weak<EndpointStats>,
 }
 
 impl Conn {
@@ -140,10 +143,15 @@ impl Conn {
     }
 }
 
-/// A connection going away: counted out of the endpoint's active ones.
-fn close(endpoint: &EndpointStats, conn: Box<Conn>) {
-    drop(conn);
-    endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
+impl Drop for Conn {
+    /// Counted out of the endpoint's active connections, however it goes:
+    /// closed by the pool, by a body, or with an exchange that was
+    /// cancelled (a per-try timeout, a client gone).
+    fn drop(&mut self) {
+        if let Some(endpoint) = self.endpoint.upgrade() {
+            endpoint.cx_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The most recently returned idle connection that is still usable.
@@ -156,7 +164,7 @@ fn checkout(endpoint: &EndpointStats) -> Option<Box<Conn>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     while let Some(conn) = idle.pop() {
         if conn.expired(now) || conn.closed() {
-            close(endpoint, conn);
+            drop(conn);
             continue;
         }
         return Some(conn);
@@ -168,7 +176,7 @@ fn checkout(endpoint: &EndpointStats) -> Option<Box<Conn>> {
 /// when it may not carry another request.
 fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Box<Conn>) {
     if !conn.reusable() {
-        close(endpoint, conn);
+        drop(conn);
         return;
     }
     conn.idle_since_ms = clock::coarse_ms();
@@ -183,7 +191,7 @@ fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Box<Conn>) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if idle.len() >= MAX_IDLE_PER_ENDPOINT {
-        close(endpoint, conn);
+        drop(conn);
         return;
     }
     idle.push(conn);
@@ -209,7 +217,7 @@ async fn reap(endpoint: Weak<EndpointStats>, tick: Duration) {
         let mut kept = Vec::with_capacity(idle.len());
         for conn in idle.drain(..) {
             if conn.expired(now) || conn.closed() {
-                close(&endpoint, conn);
+                drop(conn);
             } else {
                 kept.push(conn);
             }
@@ -269,7 +277,7 @@ pub async fn send(
     let head = match exchange(&mut conn, &parts, body).await {
         Ok(head) => head,
         Err(error) => {
-            close(endpoint, conn);
+            drop(conn);
             return Err(error);
         }
     };
@@ -308,7 +316,7 @@ async fn connect_tcp(
 
 /// Opens a pooled connection to `address`.
 async fn connect(
-    endpoint: &EndpointStats,
+    endpoint: &Arc<EndpointStats>,
     address: SocketAddr,
     settings: ConnSettings,
 ) -> Result<Box<Conn>, ProxyError> {
@@ -322,6 +330,7 @@ async fn connect(
         max_requests: settings.max_requests,
         idle_timeout_ms: settings.idle_timeout.as_millis() as u64,
         idle_since_ms: clock::coarse_ms(),
+        endpoint: Arc::downgrade(endpoint),
     }))
 }
 
@@ -730,16 +739,14 @@ impl PooledBody {
             if self.keep_alive {
                 checkin(&self.endpoint, conn);
             } else {
-                close(&self.endpoint, conn);
+                drop(conn);
             }
         }
     }
 
     /// Closes the connection under a body that cannot go on.
     fn close(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            close(&self.endpoint, conn);
-        }
+        self.conn = None;
     }
 }
 
@@ -886,16 +893,6 @@ impl Body for PooledBody {
             Framing::Done => SizeHint::with_exact(0),
             Framing::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
-        }
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // Dropped before its end, the exchange is cut short: the connection
-        // has part of a response in it and is closed.
-        if let Some(conn) = self.conn.take() {
-            close(&self.endpoint, conn);
         }
     }
 }
@@ -1205,5 +1202,21 @@ mod tests {
         let error = send(&endpoint, closing, SETTINGS, get()).await.unwrap_err();
         assert!(matches!(error, ProxyError::UpstreamReset(_)), "{error:?}");
         assert_eq!(endpoint.cx_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_exchange_closes_its_connection_and_counts_it_out() {
+        // A backend that reads and never answers.
+        let (address, _) = scripted(b"", 1 << 30).await;
+        let endpoint = Arc::new(EndpointStats::default());
+        let pending = send(&endpoint, address, SETTINGS, get());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), pending)
+                .await
+                .is_err()
+        );
+        assert_eq!(endpoint.cx_total.load(Ordering::Relaxed), 1);
+        assert_eq!(endpoint.cx_active.load(Ordering::Relaxed), 0);
+        assert_eq!(endpoint.pool.idle_len(), 0);
     }
 }
