@@ -363,6 +363,7 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    ingress_userspace::tune_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
