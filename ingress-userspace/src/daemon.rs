@@ -1314,16 +1314,23 @@ mod tests {
         (status, String::from_utf8_lossy(&body).into_owned(), headers)
     }
 
-    #[tokio::test]
-    async fn http_listener_routes_forwards_and_drains() {
-        let a = backend("a").await;
-        let b = backend("b").await;
+    /// An HTTP listener on a loopback port serving [`snapshot`] with
+    /// `endpoints`: its context, metrics, address, stop signal and task.
+    async fn http_listener(
+        endpoints: &[SocketAddr],
+    ) -> (
+        Arc<Context>,
+        Arc<Metrics>,
+        SocketAddr,
+        watch::Sender<bool>,
+        JoinHandle<Drain>,
+    ) {
         let metrics = Arc::new(Metrics::new(
             SourceIdentity::from_gateway(&GatewayIdentity::default()),
             Vec::new(),
         ));
         let ctx = Arc::new(Context::new(
-            Arc::new(snapshot(&[a, b])),
+            Arc::new(snapshot(endpoints)),
             metrics.clone(),
             AccessLog {
                 format: AccessLogFormat::Off,
@@ -1341,6 +1348,14 @@ mod tests {
             stats,
             stop_rx,
         ));
+        (ctx, metrics, proxy, stop_tx, task)
+    }
+
+    #[tokio::test]
+    async fn http_listener_routes_forwards_and_drains() {
+        let a = backend("a").await;
+        let b = backend("b").await;
+        let (ctx, metrics, proxy, stop_tx, task) = http_listener(&[a, b]).await;
         let client = Client::builder(TokioExecutor::new()).build_http();
 
         let (status, first, headers) =
@@ -1406,29 +1421,7 @@ mod tests {
     #[tokio::test]
     async fn http1_keep_alive_pipelining_and_hand_off_to_hyper() {
         let a = backend("a").await;
-        let metrics = Arc::new(Metrics::new(
-            SourceIdentity::from_gateway(&GatewayIdentity::default()),
-            Vec::new(),
-        ));
-        let ctx = Arc::new(Context::new(
-            Arc::new(snapshot(&[a])),
-            metrics.clone(),
-            AccessLog {
-                format: AccessLogFormat::Off,
-            },
-        ));
-        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = socket.local_addr().unwrap();
-        let stats = Arc::new(ListenerStats::new(&metrics.envoy, "0.0.0.0_8080", "HTTP"));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
-            ctx.clone(),
-            vec![socket],
-            8080,
-            "HTTP",
-            stats,
-            stop_rx,
-        ));
+        let (_, _, proxy, stop_tx, task) = http_listener(&[a]).await;
         let host = "host: counter.example.com\r\n";
 
         // Two pipelined requests in one write: two answers, in order, and

@@ -66,13 +66,15 @@ const INLINE_BODY: usize = 16 * 1024;
 /// The idle connections of one endpoint.
 #[derive(Debug, Default)]
 pub struct EndpointPool {
-    // Boxed: a connection taken from the stack and handed to a response
-    // body moves as a pointer.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<Conn>>>,
+    idle: Mutex<IdleStack>,
     /// Whether a reaper task watches `idle` (set and cleared under its lock).
     reaping: AtomicBool,
 }
+
+/// Idle connections, most recently used last. Boxed: a connection taken
+/// from the stack and handed to a response body moves as a pointer.
+#[allow(clippy::vec_box)]
+type IdleStack = Vec<Box<Conn>>;
 
 /// One open HTTP/1.1 connection, in use or idle.
 #[derive(Debug)]
@@ -157,11 +159,7 @@ impl Drop for Conn {
 /// The most recently returned idle connection that is still usable.
 fn checkout(endpoint: &EndpointStats) -> Option<Box<Conn>> {
     let now = clock::coarse_ms();
-    let mut idle = endpoint
-        .pool
-        .idle
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut idle = endpoint.pool.idle();
     while let Some(conn) = idle.pop() {
         if conn.expired(now) || conn.closed() {
             drop(conn);
@@ -185,11 +183,7 @@ fn checkin(endpoint: &Arc<EndpointStats>, mut conn: Box<Conn>) {
         conn.buf = BytesMut::new();
     }
     let tick = Duration::from_millis(conn.idle_timeout_ms).min(REAP_INTERVAL);
-    let mut idle = endpoint
-        .pool
-        .idle
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut idle = endpoint.pool.idle();
     if idle.len() >= MAX_IDLE_PER_ENDPOINT {
         drop(conn);
         return;
@@ -209,11 +203,7 @@ async fn reap(endpoint: Weak<EndpointStats>, tick: Duration) {
             return;
         };
         let now = clock::coarse_ms();
-        let mut idle = endpoint
-            .pool
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = endpoint.pool.idle();
         let mut kept = Vec::with_capacity(idle.len());
         for conn in idle.drain(..) {
             if conn.expired(now) || conn.closed() {
@@ -230,14 +220,18 @@ async fn reap(endpoint: Weak<EndpointStats>, tick: Duration) {
     }
 }
 
-#[cfg(test)]
 impl EndpointPool {
-    /// Idle connections, open or not yet noticed closed.
-    fn idle_len(&self) -> usize {
+    /// The stack of idle connections, locked.
+    fn idle(&self) -> std::sync::MutexGuard<'_, IdleStack> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+    }
+
+    /// Idle connections, open or not yet noticed closed.
+    #[cfg(test)]
+    fn idle_len(&self) -> usize {
+        self.idle().len()
     }
 }
 
