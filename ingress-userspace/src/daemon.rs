@@ -1107,11 +1107,14 @@ async fn accept_loop(
         stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let stats = stats.clone();
+        // HTTP and HTTPS connections drain through hyper's watcher and the
+        // stop signal (`proxy::h1`).
+        let drain = || proxy::Graceful {
+            watcher: graceful.watcher(),
+            stop: stop.clone(),
+        };
         if protocol == "HTTP" {
-            let drain = proxy::Graceful {
-                watcher: graceful.watcher(),
-                stop: stop.clone(),
-            };
+            let drain = drain();
             tokio::spawn(async move {
                 proxy::h1::serve_connection(ctx, conn, stats.clone(), stream, drain).await;
                 stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
@@ -1120,10 +1123,7 @@ async fn accept_loop(
             // Passthrough and TLS-terminated TCP connections count for the
             // drain; HTTPS connections are watched by `graceful`.
             let guard = tcp.enter();
-            let drain = proxy::Graceful {
-                watcher: graceful.watcher(),
-                stop: stop.clone(),
-            };
+            let drain = drain();
             tokio::spawn(async move {
                 proxy::tls::serve(ctx, conn, stream, stats.clone(), drain).await;
                 stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);

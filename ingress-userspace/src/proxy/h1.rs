@@ -20,6 +20,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,9 +95,9 @@ pub async fn serve_connection<I>(
         };
         let version = request.version();
         let head_request = request.method() == Method::HEAD;
-        let keep_alive = wants_keep_alive(version, request.headers());
+        let client_keeps = keep_alive(version, request.headers());
         let Ok(response) = serve(ctx.clone(), conn.clone(), stats.clone(), request).await;
-        let keep_alive = keep_alive && !waiting.draining();
+        let keep_alive = client_keeps && !waiting.draining();
         match write_response(
             &mut io,
             &mut out,
@@ -120,8 +121,10 @@ pub async fn serve_connection<I>(
     }
 }
 
-/// Whether the client asked to keep the connection after this request.
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+/// Whether a message's sender keeps the connection after it (RFC 9112
+/// 9.3): HTTP/1.0 only with `Connection: keep-alive`, later versions
+/// unless `Connection: close`. Requests here, responses in `pool.rs`.
+pub(super) fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     let has = |token: &[u8]| {
         headers.get_all(header::CONNECTION).iter().any(|v| {
             v.as_bytes()
@@ -244,7 +247,7 @@ where
         }
         let idle = buf.is_empty();
         let read = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = poll_read_buf(io, buf, cx) {
+            if let Poll::Ready(result) = poll_read_buf(io, buf, READ_CHUNK, cx) {
                 return Poll::Ready(Some(result));
             }
             waiting.poll_expired(cx, idle).map(|()| None)
@@ -258,14 +261,16 @@ where
     }
 }
 
-/// Reads what the socket has into `buf`'s spare capacity.
-fn poll_read_buf<I: AsyncRead + Unpin>(
+/// Reads what `io` has into `buf`'s spare capacity, growing it by `chunk`
+/// when less than half of that is free; `Ok(0)` is the end of the stream.
+pub(super) fn poll_read_buf<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
+    chunk: usize,
     cx: &mut TaskContext<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < chunk / 2 {
+        buf.reserve(chunk);
     }
     let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
     match Pin::new(io).poll_read(cx, &mut read) {
@@ -322,20 +327,13 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     let path_range = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_range)) else {
-        buf.unsplit_head(head);
+        put_back(buf, head);
         return Parsed::Hyper;
     };
-    let mut map = HeaderMap::with_capacity(ranges.len());
-    for &(ns, ne, vs, ve) in &ranges {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[ns..ne]),
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)),
-        ) else {
-            buf.unsplit_head(head);
-            return Parsed::Hyper;
-        };
-        map.append(name, value);
-    }
+    let Ok(map) = header_map(&head, &ranges) else {
+        put_back(buf, head);
+        return Parsed::Hyper;
+    };
     let mut request = Request::new(None);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -348,23 +346,29 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
 /// name, then of the value. Inline up to the usual count of headers.
 pub(super) type HeaderRanges = smallvec::SmallVec<[(usize, usize, usize, usize); 24]>;
 
-/// Puts a head taken off the front of a buffer back, for hyper.
-trait UnsplitHead {
-    fn unsplit_head(&mut self, head: Bytes);
-}
-
-impl UnsplitHead for BytesMut {
-    fn unsplit_head(&mut self, head: Bytes) {
-        let mut whole = BytesMut::with_capacity(head.len() + self.len());
-        whole.extend_from_slice(&head);
-        whole.extend_from_slice(self);
-        *self = whole;
+/// The headers at `ranges` of `head`; the values share its bytes.
+pub(super) fn header_map(head: &Bytes, ranges: &HeaderRanges) -> Result<HeaderMap, http::Error> {
+    let mut map = HeaderMap::with_capacity(ranges.len());
+    for &(ns, ne, vs, ve) in ranges {
+        let name = HeaderName::from_bytes(&head[ns..ne])?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))?;
+        map.append(name, value);
     }
+    Ok(map)
 }
 
-/// How a response body is framed.
+/// Puts a head taken off the front of `buf` back, for hyper.
+fn put_back(buf: &mut BytesMut, head: Bytes) {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(&head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+}
+
+/// How a message body is framed on the wire (responses here, request
+/// bodies in `pool.rs`).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// No body on the wire (HEAD, 1xx, 204, 304).
     None,
     /// `content-length`.
@@ -483,11 +487,11 @@ where
 
 /// Adds one body frame to `out`, framed as `framing` says; true when it
 /// wrote the last chunk (trailers end a chunked body).
-fn put_frame(out: &mut Vec<u8>, frame: Frame<Bytes>, framing: Framing) -> bool {
+pub(super) fn put_frame(out: &mut Vec<u8>, frame: Frame<Bytes>, framing: Framing) -> bool {
     match frame.into_data() {
         Ok(data) if data.is_empty() => false,
         Ok(data) if framing == Framing::Chunked => {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(&data);
             out.extend_from_slice(b"\r\n");
             false
@@ -511,14 +515,15 @@ fn put_frame(out: &mut Vec<u8>, frame: Frame<Bytes>, framing: Framing) -> bool {
     }
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One `name: value` line of a head or trailer section.
+pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-fn put_length(out: &mut Vec<u8>, n: u64) {
+pub(super) fn put_length(out: &mut Vec<u8>, n: u64) {
     let mut digits = itoa::Buffer::new();
     put_header(out, b"content-length", digits.format(n).as_bytes());
 }
@@ -620,12 +625,9 @@ mod tests {
             }
             map
         };
-        assert!(wants_keep_alive(Version::HTTP_11, &headers("")));
-        assert!(!wants_keep_alive(
-            Version::HTTP_11,
-            &headers("x-foo, Close")
-        ));
-        assert!(!wants_keep_alive(Version::HTTP_10, &headers("")));
-        assert!(wants_keep_alive(Version::HTTP_10, &headers("Keep-Alive")));
+        assert!(keep_alive(Version::HTTP_11, &headers("")));
+        assert!(!keep_alive(Version::HTTP_11, &headers("x-foo, Close")));
+        assert!(!keep_alive(Version::HTTP_10, &headers("")));
+        assert!(keep_alive(Version::HTTP_10, &headers("Keep-Alive")));
     }
 }

@@ -35,11 +35,11 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::forward::UpstreamBody;
-use super::h1::HeaderRanges;
+use super::h1::{self, Framing, HeaderRanges};
 use super::http::{BoxError, ProxyBody};
 use super::upstream::EndpointStats;
 use super::{ProxyError, clock};
@@ -127,17 +127,7 @@ impl Conn {
         cx: &mut TaskContext<'_>,
         chunk: usize,
     ) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < chunk / 2 {
-            self.buf.reserve(chunk);
-        }
-        let spare = self.buf.spare_capacity_mut();
-        let mut read = ReadBuf::uninit(spare);
-        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read))?;
-        let n = read.filled().len();
-        // SAFETY: `poll_read` initialised the first `n` bytes of the spare
-        // capacity.
-        unsafe { self.buf.set_len(self.buf.len() + n) };
-        Poll::Ready(Ok(n))
+        h1::poll_read_buf(&mut self.stream, &mut self.buf, chunk, cx)
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
@@ -422,16 +412,8 @@ async fn exchange(
     read_head(conn).await
 }
 
-/// How a request body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RequestFraming {
-    /// No body, or a known length.
-    Length,
-    Chunked,
-}
-
 /// The request line and headers, with framing headers of our own.
-fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &UpstreamBody) -> RequestFraming {
+fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &UpstreamBody) -> Framing {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -446,10 +428,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &UpstreamBody) -> Request
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        h1::put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let length = if body.is_end_stream() {
         Some(0)
@@ -459,34 +438,19 @@ fn encode_head(out: &mut Vec<u8>, parts: &Parts, body: &UpstreamBody) -> Request
     let framing = match length {
         // Methods that usually carry a body say that this one is empty.
         Some(0) if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
-            RequestFraming::Length
+            Framing::Length
         }
         Some(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
-            out.extend_from_slice(b"\r\n");
-            RequestFraming::Length
+            h1::put_length(out, n);
+            Framing::Length
         }
         None => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            RequestFraming::Chunked
+            h1::put_header(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
         }
     };
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// `n` in decimal, formatted into `buf`.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// Streams the downstream body to the backend (chunked when its length is
@@ -494,62 +458,21 @@ fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 async fn write_body(
     stream: &mut TcpStream,
     mut body: super::http::RequestBody,
-    framing: RequestFraming,
+    framing: Framing,
 ) -> Result<(), ProxyError> {
-    let chunked = framing == RequestFraming::Chunked;
+    let mut out = Vec::new();
+    let mut ended = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ProxyError::DownstreamReset(e.to_string()))?;
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) if chunked => {
-                let size = format!("{:x}\r\n", data.len());
-                let parts = [
-                    std::io::IoSlice::new(size.as_bytes()),
-                    std::io::IoSlice::new(&data),
-                    std::io::IoSlice::new(b"\r\n"),
-                ];
-                write_all_vectored(stream, &parts).await?;
-            }
-            Ok(data) => stream.write_all(&data).await.map_err(|e| reset(&e))?,
-            Err(frame) => {
-                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    let mut last = b"0\r\n".to_vec();
-                    for (name, value) in &trailers {
-                        last.extend_from_slice(name.as_str().as_bytes());
-                        last.extend_from_slice(b": ");
-                        last.extend_from_slice(value.as_bytes());
-                        last.extend_from_slice(b"\r\n");
-                    }
-                    last.extend_from_slice(b"\r\n");
-                    return stream.write_all(&last).await.map_err(|e| reset(&e));
-                }
-            }
-        }
+        out.clear();
+        ended |= h1::put_frame(&mut out, frame, framing);
+        stream.write_all(&out).await.map_err(|e| reset(&e))?;
     }
-    if chunked {
+    if framing == Framing::Chunked && !ended {
         stream
             .write_all(b"0\r\n\r\n")
             .await
             .map_err(|e| reset(&e))?;
-    }
-    Ok(())
-}
-
-/// Writes every byte of `parts`.
-async fn write_all_vectored(
-    stream: &mut TcpStream,
-    parts: &[std::io::IoSlice<'_>],
-) -> Result<(), ProxyError> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let written = stream.write_vectored(parts).await.map_err(|e| reset(&e))?;
-    if written < total {
-        // A short write: the rest, flattened.
-        let rest: Vec<u8> = parts
-            .iter()
-            .flat_map(|p| p.iter().copied())
-            .skip(written)
-            .collect();
-        stream.write_all(&rest).await.map_err(|e| reset(&e))?;
     }
     Ok(())
 }
@@ -565,7 +488,7 @@ struct ResponseHead {
 
 /// The body framing of a response, and where its decoding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+enum BodyState {
     /// Ended (or never had a body).
     Done,
     /// This many bytes still to come.
@@ -583,10 +506,10 @@ enum Framing {
 }
 
 impl ResponseHead {
-    fn framing(&self, head_request: bool) -> Framing {
+    fn framing(&self, head_request: bool) -> BodyState {
         let status = self.status.as_u16();
         if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-            return Framing::Done;
+            return BodyState::Done;
         }
         if let Some(codings) = self.headers.get(header::TRANSFER_ENCODING) {
             // RFC 9112 6.3: chunked last, or read until close.
@@ -596,15 +519,15 @@ impl ResponseHead {
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             return if chunked {
-                Framing::ChunkSize
+                BodyState::ChunkSize
             } else {
-                Framing::Close
+                BodyState::Close
             };
         }
         match content_length(&self.headers) {
-            Some(0) => Framing::Done,
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
+            Some(0) => BodyState::Done,
+            Some(n) => BodyState::Length(n),
+            None => BodyState::Close,
         }
     }
 }
@@ -687,25 +610,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
         ranges.push((name, name + h.name.len(), value, value + h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(ranges.len());
-    for &(ns, ne, vs, ve) in &ranges {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
-        map.append(name, value);
-    }
-    let connection = |token: &[u8]| {
-        map.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    let keep_alive = match version {
-        Version::HTTP_10 => connection(b"keep-alive"),
-        _ => !connection(b"close"),
-    };
+    let map =
+        h1::header_map(&head, &ranges).map_err(|e| ProxyError::UpstreamProtocol(e.to_string()))?;
+    let keep_alive = h1::keep_alive(version, &map);
     Ok(Some(ResponseHead {
         status,
         version,
@@ -720,14 +627,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProxyError> {
 pub struct PooledBody {
     conn: Option<Box<Conn>>,
     endpoint: Arc<EndpointStats>,
-    framing: Framing,
+    framing: BodyState,
     keep_alive: bool,
 }
 
 impl PooledBody {
     /// Once the body ended, hands the connection back (or closes it).
     fn end_if_done(&mut self) {
-        if self.framing == Framing::Done
+        if self.framing == BodyState::Done
             && let Some(conn) = self.conn.take()
         {
             if self.keep_alive {
@@ -746,11 +653,11 @@ impl PooledBody {
 
 /// The next frame of a body framed as `framing` from what is buffered;
 /// `None`: more bytes needed.
-fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ProxyError> {
+fn decode(framing: &mut BodyState, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, ProxyError> {
     loop {
         match *framing {
-            Framing::Done => return Ok(None),
-            Framing::Length(left) | Framing::ChunkData(left) => {
+            BodyState::Done => return Ok(None),
+            BodyState::Length(left) | BodyState::ChunkData(left) => {
                 if buf.is_empty() {
                     return Ok(None);
                 }
@@ -758,26 +665,26 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Byte
                 let data = buf.split_to(take).freeze();
                 let rest = left - take as u64;
                 *framing = match (*framing, rest) {
-                    (Framing::Length(_), 0) => Framing::Done,
-                    (Framing::Length(_), n) => Framing::Length(n),
-                    (_, 0) => Framing::ChunkEnd,
-                    (_, n) => Framing::ChunkData(n),
+                    (BodyState::Length(_), 0) => BodyState::Done,
+                    (BodyState::Length(_), n) => BodyState::Length(n),
+                    (_, 0) => BodyState::ChunkEnd,
+                    (_, n) => BodyState::ChunkData(n),
                 };
                 return Ok(Some(Frame::data(data)));
             }
-            Framing::Close => {
+            BodyState::Close => {
                 if buf.is_empty() {
                     return Ok(None);
                 }
                 return Ok(Some(Frame::data(buf.split().freeze())));
             }
-            Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
+            BodyState::ChunkSize => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((len, size))) => {
                     buf.advance(len);
                     *framing = if size == 0 {
-                        Framing::Trailers
+                        BodyState::Trailers
                     } else {
-                        Framing::ChunkData(size)
+                        BodyState::ChunkData(size)
                     };
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
@@ -787,7 +694,7 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Byte
                     ));
                 }
             },
-            Framing::ChunkEnd => {
+            BodyState::ChunkEnd => {
                 if buf.len() < 2 {
                     return Ok(None);
                 }
@@ -795,9 +702,9 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Byte
                     return Err(ProxyError::UpstreamProtocol("invalid chunk end".to_owned()));
                 }
                 buf.advance(2);
-                *framing = Framing::ChunkSize;
+                *framing = BodyState::ChunkSize;
             }
-            Framing::Trailers => {
+            BodyState::Trailers => {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let (len, trailers) = match httparse::parse_headers(buf, &mut headers) {
                     Ok(httparse::Status::Complete((len, parsed))) => {
@@ -818,7 +725,7 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Frame<Byte
                     }
                 };
                 buf.advance(len);
-                *framing = Framing::Done;
+                *framing = BodyState::Done;
                 if !trailers.is_empty() {
                     return Ok(Some(Frame::trailers(trailers)));
                 }
@@ -846,7 +753,7 @@ impl Body for PooledBody {
                     this.end_if_done();
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Ok(None) if this.framing == Framing::Done => {
+                Ok(None) if this.framing == BodyState::Done => {
                     this.end_if_done();
                     return Poll::Ready(None);
                 }
@@ -857,9 +764,9 @@ impl Body for PooledBody {
                 }
             }
             match ready!(conn.poll_fill(cx, BODY_CHUNK)) {
-                Ok(0) if this.framing == Framing::Close => {
+                Ok(0) if this.framing == BodyState::Close => {
                     // The end of a body delimited by the connection's close.
-                    this.framing = Framing::Done;
+                    this.framing = BodyState::Done;
                     this.close();
                     return Poll::Ready(None);
                 }
@@ -879,13 +786,13 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing == Framing::Done
+        self.framing == BodyState::Done
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.framing {
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }
